@@ -1,0 +1,168 @@
+"""Landing raw files and registering them in the ledger.
+
+``register_new_objects`` is the one function that turns objects under ``raw/`` into ledger items:
+the raw-landing sensor calls it every tick, the S3-notification Lambda calls
+``register_object_keys`` for the keys in its event. Registration is idempotent, so both may see
+the same object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from datamaster_assets.contracts import table_names
+from datamaster_assets.lake.ledger import Layer, Ledger, LedgerItem, Registration
+from datamaster_assets.lake.objectstore import ObjectInfo, ObjectStore
+from datamaster_assets.settings import Settings
+
+RAW_PREFIX = "raw/"
+# Compressed bytes per record, measured on the generated data (24.2 MB CSV / 31.0 MB JSON lines
+# for 1.59 M reviews), used to route a file before anyone has read it.
+BYTES_PER_RECORD = {"csv": 15.0, "json": 19.5}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def file_format_of(key: str) -> str:
+    """csv | json from the key's suffix; 'unknown' for anything else (the worker quarantines it)."""
+    name = key.rsplit("/", 1)[-1].lower()
+    if name.endswith((".csv.gz", ".csv")):
+        return "csv"
+    if name.endswith((".json.gz", ".jsonl.gz", ".json", ".jsonl")):
+        return "json"
+    return "unknown"
+
+
+def table_of(key: str) -> str:
+    """raw/<table>/... -> <table>."""
+    parts = key.split("/")
+    if len(parts) < 3 or parts[0] != RAW_PREFIX.rstrip("/"):
+        raise ValueError(f"raw object key {key!r} is not of the form raw/<table>/<name>")
+    return parts[1]
+
+
+def estimate_records(file_format: str, size: int) -> int:
+    return int(size / BYTES_PER_RECORD.get(file_format, BYTES_PER_RECORD["json"]))
+
+
+def compute_target_for(settings: Settings, estimated_records: int) -> str:
+    if settings.env != "aws":
+        return "inprocess"
+    return "lambda" if estimated_records <= settings.lambda_max_records else "ecs"
+
+
+def raw_key_for(table: str, filename: str, landed_at: datetime) -> str:
+    """Landing key: a UTC timestamp prefix keeps keys in landing order, which the sensor's cursor relies on."""
+    stamp = landed_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{RAW_PREFIX}{table}/{stamp}-{_SAFE_NAME.sub('_', filename)}"
+
+
+def land_file(store: ObjectStore, table: str, path: Path, landed_at: datetime | None = None) -> ObjectInfo:
+    """Copy a local file into the raw landing area, as a producer (DMS/Firehose, an export job) would."""
+    if table not in table_names():
+        raise ValueError(f"unknown table {table!r}; known tables: {', '.join(table_names())}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if file_format_of(path.name) == "unknown":
+        raise ValueError(f"{path}: expected a .csv.gz or .json.gz / .jsonl.gz file")
+    key = raw_key_for(table, path.name, landed_at or datetime.now(timezone.utc))
+    return store.put_file(key, path)
+
+
+def registration_for(settings: Settings, store: ObjectStore, info: ObjectInfo) -> Registration:
+    fmt = file_format_of(info.key)
+    try:
+        table = table_of(info.key)
+    except ValueError:
+        table = "_unknown"
+    checksum = info.etag or store.sha256(info.key)
+    estimated = estimate_records(fmt, info.size)
+    return Registration(
+        layer=Layer.BRONZE.value,
+        table_name=table,
+        object_key=info.key,
+        checksum=checksum,
+        file_format=fmt,
+        file_size=info.size,
+        compute_target=compute_target_for(settings, estimated),
+        record_count=estimated,
+    )
+
+
+@dataclass
+class LandingCursor:
+    """Per-table last key seen, plus a tick counter that schedules the periodic full reconcile."""
+
+    last_key: dict[str, str] = field(default_factory=dict)
+    ticks: int = 0
+
+    def serialize(self) -> str:
+        return json.dumps({"last_key": self.last_key, "ticks": self.ticks}, sort_keys=True)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "LandingCursor":
+        if not raw:
+            return cls()
+        doc = json.loads(raw)
+        return cls(last_key=dict(doc.get("last_key", {})), ticks=int(doc.get("ticks", 0)))
+
+
+@dataclass
+class LandingResult:
+    registered: list[LedgerItem]
+    already_known: int
+    cursor: LandingCursor
+    reconciled: bool
+
+
+def register_new_objects(
+    settings: Settings,
+    store: ObjectStore,
+    ledger: Ledger,
+    cursor: LandingCursor,
+    tables: list[str] | None = None,
+) -> LandingResult:
+    """List each table's raw prefix past the cursor, register what is new, advance the cursor.
+
+    Every ``settings.landing_reconcile_every`` ticks the whole raw/ area is listed once instead,
+    so keys that sort before the cursor (or land under an unknown table) are still registered.
+    """
+    tables = tables or table_names()
+    reconcile = settings.landing_reconcile_every > 0 and cursor.ticks % settings.landing_reconcile_every == 0
+    new_cursor = LandingCursor(dict(cursor.last_key), cursor.ticks + 1)
+    infos: list[ObjectInfo] = []
+    if reconcile:
+        infos = list(store.iter_all(RAW_PREFIX))
+        for info in infos:
+            try:
+                t = table_of(info.key)
+            except ValueError:
+                continue
+            if info.key > new_cursor.last_key.get(t, ""):
+                new_cursor.last_key[t] = info.key
+    else:
+        for table in tables:
+            page = store.list_after(f"{RAW_PREFIX}{table}/", cursor.last_key.get(table), settings.landing_page_size)
+            infos.extend(page)
+            if page:
+                new_cursor.last_key[table] = page[-1].key
+    regs = [registration_for(settings, store, info) for info in infos]
+    results = ledger.register_many(regs)
+    registered = [item for item, created in results if created]
+    return LandingResult(registered, len(results) - len(registered), new_cursor, reconcile)
+
+
+def register_object_keys(settings: Settings, store: ObjectStore, ledger: Ledger, keys: list[str]) -> list[LedgerItem]:
+    """Register specific keys (S3 notifications). Missing objects are skipped: the event was stale."""
+    regs = []
+    for key in keys:
+        if not key.startswith(RAW_PREFIX):
+            continue
+        info = store.head(key)
+        if info is not None:
+            regs.append(registration_for(settings, store, info))
+    return [item for item, created in ledger.register_many(regs) if created]

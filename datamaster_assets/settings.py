@@ -1,0 +1,141 @@
+"""Environment selection, paths and thresholds: the one typed place every module reads.
+
+Everything comes from environment variables (``DATAMASTER_*`` plus the standard ``AWS_*``), so
+the same code runs locally and on AWS. ``Settings.from_env()`` is cheap; call it where needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Mapping
+
+Env = Literal["local", "aws"]
+
+# A fixed development key so the embedded demo masks PII deterministically out of the box.
+# Any real deployment sets DATAMASTER_PII_KEY (the aws env refuses to run without it).
+LOCAL_DEV_PII_KEY = "datamaster-local-development-key"
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: Env = "local"
+    home: Path = Path(".datamaster")
+
+    # Ledger / routing (DESIGN section 3)
+    lambda_max_records: int = 100_000
+    max_attempts: int = 3
+    lease_seconds: int = 900
+    # Control-table sensor batching (DESIGN section 4)
+    batch_max_files: int = 50
+    batch_max_bytes: int = 512 * 1024 * 1024
+    # Raw-landing sensor: list at most this many keys per table per tick; every
+    # `landing_reconcile_every` ticks list everything once to catch keys that sort before the cursor.
+    landing_page_size: int = 1000
+    landing_reconcile_every: int = 60
+    # Bronze
+    bronze_batch_rows: int = 256 * 1024
+    reject_rate_threshold: float = 0.05
+    # Silver/gold: above this many pending change rows, silver/gold go to Spark on EMR (aws only).
+    emr_min_change_rows: int = 5_000_000
+
+    pii_key: str = LOCAL_DEV_PII_KEY
+
+    # AWS (names only; credentials come from the standard AWS chain, never from here)
+    aws_region: str = "us-east-1"
+    raw_bucket: str = "datamaster-raw"
+    lake_bucket: str = "datamaster-lake"
+    ledger_table: str = "datamaster-control"
+    glue_databases: tuple[str, str, str] = ("dm_bronze", "dm_silver", "dm_gold")
+    athena_workgroup: str = "datamaster"
+    lambda_function: str = "datamaster-bronze-worker"
+    ecs_cluster: str = "datamaster"
+    ecs_task_definition: str = "datamaster-bronze-worker"
+    ecs_subnets: tuple[str, ...] = ()
+    emr_application_id: str = ""
+    emr_execution_role_arn: str = ""
+
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # ---- derived paths (local env) -------------------------------------------------------
+    @property
+    def objects_dir(self) -> Path:
+        """Root of the local object store: raw/, bronze/, rejects/ live below it."""
+        return self.home / "objects"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.sqlite"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home / "warehouse"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.sqlite"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def namespaces(self) -> dict[str, str]:
+        """Iceberg namespace per layer: plain names locally, Glue database names on AWS."""
+        if self.env == "aws":
+            bronze, silver, gold = self.glue_databases
+            return {"bronze": bronze, "silver": silver, "gold": gold}
+        return {"bronze": "bronze", "silver": "silver", "gold": "gold"}
+
+    def with_home(self, home: Path | str) -> "Settings":
+        return replace(self, home=Path(home))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        e = os.environ if environ is None else environ
+        env = e.get("DATAMASTER_ENV", "local").strip().lower() or "local"
+        if env not in ("local", "aws"):
+            raise ValueError(f"DATAMASTER_ENV must be 'local' or 'aws', got {env!r}")
+        pii_key = e.get("DATAMASTER_PII_KEY", "")
+        if not pii_key:
+            if env == "aws":
+                raise ValueError("DATAMASTER_PII_KEY must be set when DATAMASTER_ENV=aws")
+            pii_key = LOCAL_DEV_PII_KEY
+        subnets = tuple(s for s in e.get("DATAMASTER_ECS_SUBNETS", "").split(",") if s)
+        return cls(
+            env=env,  # type: ignore[arg-type]
+            home=Path(e.get("DATAMASTER_HOME", ".datamaster")).absolute(),
+            lambda_max_records=_int(e, "DATAMASTER_LAMBDA_MAX_RECORDS", 100_000),
+            max_attempts=_int(e, "DATAMASTER_MAX_ATTEMPTS", 3),
+            lease_seconds=_int(e, "DATAMASTER_LEASE_SECONDS", 900),
+            batch_max_files=_int(e, "DATAMASTER_BATCH_MAX_FILES", 50),
+            batch_max_bytes=_int(e, "DATAMASTER_BATCH_MAX_BYTES", 512 * 1024 * 1024),
+            landing_page_size=_int(e, "DATAMASTER_LANDING_PAGE_SIZE", 1000),
+            landing_reconcile_every=_int(e, "DATAMASTER_LANDING_RECONCILE_EVERY", 60),
+            bronze_batch_rows=_int(e, "DATAMASTER_BRONZE_BATCH_ROWS", 256 * 1024),
+            reject_rate_threshold=float(e.get("DATAMASTER_REJECT_RATE_THRESHOLD", "0.05")),
+            emr_min_change_rows=_int(e, "DATAMASTER_EMR_MIN_CHANGE_ROWS", 5_000_000),
+            pii_key=pii_key,
+            aws_region=e.get("AWS_REGION", e.get("AWS_DEFAULT_REGION", "us-east-1")),
+            raw_bucket=e.get("DATAMASTER_RAW_BUCKET", "datamaster-raw"),
+            lake_bucket=e.get("DATAMASTER_LAKE_BUCKET", "datamaster-lake"),
+            ledger_table=e.get("DATAMASTER_LEDGER_TABLE", "datamaster-control"),
+            athena_workgroup=e.get("DATAMASTER_ATHENA_WORKGROUP", "datamaster"),
+            lambda_function=e.get("DATAMASTER_LAMBDA_FUNCTION", "datamaster-bronze-worker"),
+            ecs_cluster=e.get("DATAMASTER_ECS_CLUSTER", "datamaster"),
+            ecs_task_definition=e.get("DATAMASTER_ECS_TASK_DEFINITION", "datamaster-bronze-worker"),
+            ecs_subnets=subnets,
+            emr_application_id=e.get("DATAMASTER_EMR_APPLICATION_ID", ""),
+            emr_execution_role_arn=e.get("DATAMASTER_EMR_EXECUTION_ROLE_ARN", ""),
+        )
