@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from datamaster_assets.lake.batching import plan_batches
+from datamaster_assets.lake.landing import (
+    LandingCursor,
+    compute_target_for,
+    file_format_of,
+    land_file,
+    raw_key_for,
+    register_new_objects,
+    table_of,
+)
+from datamaster_assets.lake.ledger import LedgerItem, Status
+from datamaster_assets.lake.objectstore import LocalObjectStore
+from datamaster_assets.lake.sqlite_ledger import SqliteLedger
+from datamaster_assets.settings import Settings
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def _item(cid: str, table: str, size: int, minute: int, attempts: int = 0) -> LedgerItem:
+    return LedgerItem(
+        control_id=cid, layer="bronze", table_name=table, object_key=f"raw/{table}/{cid}.csv.gz",
+        checksum=cid, file_format="csv", file_size=size, status=Status.PENDING, attempt_count=attempts,
+        compute_target="inprocess", created_at=T0 + timedelta(minutes=minute),
+    )
+
+
+def test_keys_formats_and_tables():
+    assert file_format_of("raw/review/a.csv.gz") == "csv"
+    assert file_format_of("raw/beer/a.jsonl.gz") == "json"
+    assert file_format_of("raw/beer/a.parquet") == "unknown"
+    assert table_of("raw/beer/x/y.json.gz") == "beer"
+    with pytest.raises(ValueError, match="raw/<table>/<name>"):
+        table_of("bronze/beer/x.parquet")
+    key = raw_key_for("review", "my reviews.csv.gz", datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc))
+    assert key == "raw/review/20260102T030405000006Z-my_reviews.csv.gz"
+
+
+def test_routing_by_estimated_records():
+    aws = Settings(env="aws", lambda_max_records=100_000)
+    assert compute_target_for(aws, 100_000) == "lambda"
+    assert compute_target_for(aws, 100_001) == "ecs"
+    assert compute_target_for(Settings(env="local"), 10**9) == "inprocess"
+
+
+def test_batches_are_bounded_per_table_and_keys_change_with_attempts():
+    items = [_item(f"r{i}", "review", 100, i) for i in range(5)] + [_item("b0", "beer", 10, 0)]
+    batches = plan_batches(items, max_files=2, max_bytes=10_000)
+    assert [(b.table_name, b.control_ids) for b in batches] == [
+        ("beer", ["b0"]), ("review", ["r0", "r1"]), ("review", ["r2", "r3"]), ("review", ["r4"]),
+    ]
+    by_bytes = plan_batches(items[:5], max_files=50, max_bytes=250)
+    assert [len(b.items) for b in by_bytes] == [2, 2, 1]
+    again = plan_batches(list(reversed(items)), max_files=2, max_bytes=10_000)
+    assert [b.run_key for b in again] == [b.run_key for b in batches]
+    retried = plan_batches([_item("b0", "beer", 10, 0, attempts=1)], max_files=2, max_bytes=10_000)
+    assert retried[0].run_key != batches[0].run_key
+
+
+def _land(store, tmp_path: Path, table: str, name: str, when: datetime, body: bytes = b"x") -> str:
+    src = tmp_path / name
+    src.write_bytes(body + name.encode())
+    return land_file(store, table, src, when).key
+
+
+def test_landing_registers_each_object_once_and_the_cursor_only_moves_forward(tmp_path):
+    settings = Settings(home=tmp_path / "home", landing_reconcile_every=0, landing_page_size=2)
+    store = LocalObjectStore(settings.objects_dir)
+    ledger = SqliteLedger(settings.ledger_path)
+    for i in range(3):
+        _land(store, tmp_path, "review", f"r{i}.csv.gz", T0 + timedelta(seconds=i))
+    _land(store, tmp_path, "beer", "b0.json.gz", T0)
+
+    first = register_new_objects(settings, store, ledger, LandingCursor())
+    assert sorted(i.object_key.split("-", 1)[1] for i in first.registered) == ["b0.json.gz", "r0.csv.gz", "r1.csv.gz"]
+    second = register_new_objects(settings, store, ledger, first.cursor)
+    assert [i.object_key.split("-", 1)[1] for i in second.registered] == ["r2.csv.gz"]
+    third = register_new_objects(settings, store, ledger, second.cursor)
+    assert third.registered == [] and third.already_known == 0  # nothing re-listed
+    assert sum(ledger.counts().values()) == 4
+
+
+def test_periodic_reconcile_catches_keys_that_sort_before_the_cursor(tmp_path):
+    settings = Settings(home=tmp_path / "home", landing_reconcile_every=3)
+    store = LocalObjectStore(settings.objects_dir)
+    ledger = SqliteLedger(settings.ledger_path)
+    _land(store, tmp_path, "review", "late.csv.gz", T0 + timedelta(hours=1))
+    cursor = register_new_objects(settings, store, ledger, LandingCursor()).cursor  # tick 0: reconcile
+    early = _land(store, tmp_path, "review", "early.csv.gz", T0)  # sorts before the cursor
+    cursor = register_new_objects(settings, store, ledger, cursor).cursor
+    cursor = register_new_objects(settings, store, ledger, cursor).cursor
+    assert early not in {i.object_key for i in ledger.items()}  # cursor listings do not see it
+    result = register_new_objects(settings, store, ledger, cursor)  # tick 3: reconcile
+    assert result.reconciled and [i.object_key for i in result.registered] == [early]
+
+
+def test_land_rejects_unknown_tables_and_formats(tmp_path):
+    store = LocalObjectStore(tmp_path / "objects")
+    src = tmp_path / "a.csv.gz"
+    src.write_bytes(b"x")
+    with pytest.raises(ValueError, match="unknown table 'wine'"):
+        land_file(store, "wine", src)
+    bad = tmp_path / "a.txt"
+    bad.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"expected a \.csv\.gz"):
+        land_file(store, "review", bad)
