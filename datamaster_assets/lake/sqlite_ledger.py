@@ -171,7 +171,9 @@ class SqliteLedger:
         now_ts = encode_ts(resolve_now(now))
         where, params = _filters(layer=layer, table_name=table_name)
         sql = (
-            f"SELECT * FROM ledger_items {where} AND ("
+            # the IN lets SQLite seek (layer, status) in ledger_items_claim instead of reading
+            # every finished item of the layer
+            f"SELECT * FROM ledger_items {where} AND status IN ('pending', 'error', 'running') AND ("
             " status = 'pending'"
             " OR (status = 'error' AND attempt_count < ?)"
             " OR (status = 'running' AND lease_expires_at <= ?))"
