@@ -1,0 +1,306 @@
+"""Gold marts: monthly aggregates of silver.review_flat (DESIGN section 6), as pure functions.
+
+Every mart has the partition columns ``review_year``, ``review_month`` first, then its grain and
+measures. ``avg_rating`` is the mean of ``review_overall``; review_flat holds live reviews only, so
+deleted reviews never count. Null group keys (a review whose profile has no state, or whose beer
+was deleted, so its style is unknown) form their own group, so every mart except
+top_beers_by_rating accounts for every review of the month.
+
+Adding a mart: write one function returning its SQL over a relation of review_flat rows, and add
+one ``MartSpec`` entry to ``MARTS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import pyarrow as pa
+
+from datamaster_assets.transform.review_flat import arrow_of, duckdb_connection
+
+Month = tuple[int, int]
+PARTITION_COLUMNS = ("review_year", "review_month")
+TOP_BEERS_MIN_REVIEWS = 25
+
+_YM = [pa.field("review_year", pa.int32(), nullable=False), pa.field("review_month", pa.int32(), nullable=False)]
+_TOTAL = pa.field("total_reviews", pa.int64(), nullable=False)
+_AVG = pa.field("avg_rating", pa.float64())
+
+
+@dataclass(frozen=True)
+class MartSpec:
+    name: str
+    description: str
+    grain: tuple[str, ...]  # the group key within a month
+    schema: pa.Schema  # output columns, partition columns first
+    sql: Callable[[str], str]  # SQL over a relation of review_flat rows -> the mart's rows
+    order: str  # ranking within a month (ORDER BY clause after year, month), ends with the grain
+    min_reviews: int = 0  # groups with fewer reviews in the month are left out
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """review_flat columns the mart reads (a change elsewhere cannot change the mart)."""
+        return tuple(dict.fromkeys([*PARTITION_COLUMNS, "review_overall", *self.grain, *_LABELS[self.name]]))
+
+
+def top_beers_by_rating(source: str) -> str:
+    return f"""
+    SELECT review_year, review_month, beer_id, any_value(beer_name) AS beer_name,
+           any_value(beer_style) AS beer_style, avg(review_overall) AS avg_rating, count(*) AS total_reviews
+    FROM {source} GROUP BY review_year, review_month, beer_id
+    HAVING count(*) >= {TOP_BEERS_MIN_REVIEWS}"""
+
+
+def top_breweries_by_rating(source: str) -> str:
+    return f"""
+    SELECT review_year, review_month, brewery_id, any_value(brewery_name) AS brewery_name,
+           avg(review_overall) AS avg_rating, count(*) AS total_reviews
+    FROM {source} GROUP BY review_year, review_month, brewery_id"""
+
+
+def top_styles_by_popularity(source: str) -> str:
+    return f"""
+    SELECT review_year, review_month, beer_style, count(*) AS total_reviews, avg(review_overall) AS avg_rating
+    FROM {source} GROUP BY review_year, review_month, beer_style"""
+
+
+def state_by_review_volume(source: str) -> str:
+    return f"""
+    SELECT review_year, review_month, state, count(*) AS total_reviews
+    FROM {source} GROUP BY review_year, review_month, state"""
+
+
+def top_drinkers(source: str) -> str:
+    return f"""
+    SELECT review_year, review_month, profile_id, any_value(profile_name) AS profile_name,
+           any_value(state) AS state, count(*) AS total_reviews, avg(review_overall) AS avg_rating
+    FROM {source} GROUP BY review_year, review_month, profile_id"""
+
+
+# Descriptive columns carried along with the grain (functionally dependent on it).
+_LABELS: dict[str, tuple[str, ...]] = {
+    "top_beers_by_rating": ("beer_name", "beer_style"),
+    "top_breweries_by_rating": ("brewery_name",),
+    "top_styles_by_popularity": (),
+    "state_by_review_volume": (),
+    "top_drinkers": ("profile_name", "state"),
+}
+
+MARTS: dict[str, MartSpec] = {
+    spec.name: spec
+    for spec in (
+        MartSpec(
+            name="top_beers_by_rating",
+            description=f"beer x month, beers with >= {TOP_BEERS_MIN_REVIEWS} reviews that month",
+            grain=("beer_id",),
+            schema=pa.schema(
+                [*_YM, pa.field("beer_id", pa.int64(), nullable=False), pa.field("beer_name", pa.string()),
+                 pa.field("beer_style", pa.string()), _AVG, _TOTAL]
+            ),
+            sql=top_beers_by_rating,
+            order="avg_rating DESC, total_reviews DESC, beer_id",
+            min_reviews=TOP_BEERS_MIN_REVIEWS,
+        ),
+        MartSpec(
+            name="top_breweries_by_rating",
+            description="brewery x month",
+            grain=("brewery_id",),
+            schema=pa.schema([*_YM, pa.field("brewery_id", pa.int64(), nullable=False),
+                              pa.field("brewery_name", pa.string()), _AVG, _TOTAL]),
+            sql=top_breweries_by_rating,
+            order="avg_rating DESC, total_reviews DESC, brewery_id",
+        ),
+        MartSpec(
+            name="top_styles_by_popularity",
+            description="style x month",
+            grain=("beer_style",),
+            schema=pa.schema([*_YM, pa.field("beer_style", pa.string()), _TOTAL, _AVG]),
+            sql=top_styles_by_popularity,
+            order="total_reviews DESC, beer_style NULLS LAST",
+        ),
+        MartSpec(
+            name="state_by_review_volume",
+            description="state x month",
+            grain=("state",),
+            schema=pa.schema([*_YM, pa.field("state", pa.string()), _TOTAL]),
+            sql=state_by_review_volume,
+            order="total_reviews DESC, state NULLS LAST",
+        ),
+        MartSpec(
+            name="top_drinkers",
+            description="profile x month",
+            grain=("profile_id",),
+            schema=pa.schema([*_YM, pa.field("profile_id", pa.int64(), nullable=False),
+                              pa.field("profile_name", pa.string()), pa.field("state", pa.string()), _TOTAL, _AVG]),
+            sql=top_drinkers,
+            order="total_reviews DESC, avg_rating DESC, profile_id",
+        ),
+    )
+}
+
+# review_flat columns any mart reads: what the affected-month diff compares.
+GOLD_INPUT_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for spec in MARTS.values() for c in spec.inputs))
+
+
+def mart_specs(names: Iterable[str] | None = None) -> list[MartSpec]:
+    if names is None:
+        return list(MARTS.values())
+    unknown = [n for n in names if n not in MARTS]
+    if unknown:
+        raise KeyError(f"unknown gold mart(s) {unknown}; known: {sorted(MARTS)}")
+    return [MARTS[n] for n in names]
+
+
+def months_table(months: Iterable[Month]) -> pa.Table:
+    ordered = sorted(set(months))
+    return pa.table(
+        {
+            "review_year": pa.array([y for y, _ in ordered], pa.int32()),
+            "review_month": pa.array([m for _, m in ordered], pa.int32()),
+        }
+    )
+
+
+def compute_marts(
+    review_flat: pa.Table, months: set[Month] | None = None, marts: Iterable[str] | None = None
+) -> dict[str, pa.Table]:
+    """Each mart's rows for ``months`` (all months when None), sorted by month then rank.
+
+    ``review_flat`` needs the partition columns, review_overall and the marts' grain/label columns.
+    A month in ``months`` with no reviews simply yields no rows.
+    """
+    specs = mart_specs(marts)
+    missing = [c for spec in specs for c in spec.inputs if c not in review_flat.column_names]
+    if missing:
+        raise ValueError(f"review_flat lacks column(s) {sorted(set(missing))} needed by the gold marts")
+    con = duckdb_connection()
+    try:
+        con.register("review_flat_all", review_flat)
+        if months is None:
+            con.execute("CREATE VIEW review_flat AS SELECT * FROM review_flat_all")
+        else:
+            con.register("wanted_months", months_table(months))
+            con.execute(
+                "CREATE VIEW review_flat AS SELECT f.* FROM review_flat_all f "
+                "SEMI JOIN wanted_months w USING (review_year, review_month)"
+            )
+        out = {}
+        for spec in specs:
+            query = f"{spec.sql('review_flat')}\nORDER BY review_year, review_month, {spec.order}"
+            out[spec.name] = arrow_of(con.sql(query)).select(spec.schema.names).cast(spec.schema)
+        return out
+    finally:
+        con.close()
+
+
+def months_of(table: pa.Table) -> set[Month]:
+    """The distinct (review_year, review_month) pairs present in a table."""
+    pairs = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
+    return set(zip(pairs["review_year"].to_pylist(), pairs["review_month"].to_pylist()))
+
+
+def preview_markdown(spec: MartSpec, mart: pa.Table, limit: int = 5) -> str:
+    """The top ``limit`` rows of the mart's busiest month (most reviews) as a Markdown table."""
+    if mart.num_rows == 0:
+        return f"_{spec.name}: no rows_"
+    con = duckdb_connection()
+    try:
+        con.register("mart", mart)
+        busiest = con.execute(
+            "SELECT review_year, review_month FROM mart GROUP BY ALL "
+            "ORDER BY sum(total_reviews) DESC, review_year DESC, review_month DESC LIMIT 1"
+        ).fetchone()
+        columns = [c for c in spec.schema.names if c not in PARTITION_COLUMNS]
+        rows = con.execute(
+            f"SELECT {', '.join(columns)} FROM mart WHERE review_year = ? AND review_month = ? "
+            f"ORDER BY {spec.order} LIMIT {int(limit)}",
+            list(busiest),
+        ).fetchall()
+    finally:
+        con.close()
+    lines = [
+        f"**{spec.name}**, busiest month {busiest[0]}-{busiest[1]:02d}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        cells = [("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)).replace("|", "\\|") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---- checks (DESIGN section 4: gold totals reconcile with review_flat, averages within 0-5) ----
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    description: str
+    failures: list[dict]  # at most a few examples, plain values
+
+    @property
+    def failure_count(self) -> int:
+        return len(self.failures)
+
+
+def check_totals_reconcile(
+    spec: MartSpec, mart: pa.Table, review_flat: pa.Table, max_examples: int = 20
+) -> CheckOutcome:
+    """Per month, sum(total_reviews) of the mart equals the review_flat count it stands for:
+    every review for most marts, reviews in groups of >= min_reviews for top_beers_by_rating."""
+    grain = ", ".join(spec.grain)
+    con = duckdb_connection()
+    try:
+        con.register("mart", mart)
+        con.register("flat", review_flat.select([*PARTITION_COLUMNS, *spec.grain]))
+        rows = con.execute(
+            f"""
+            WITH expected AS (
+                SELECT review_year, review_month, sum(n) AS expected FROM (
+                    SELECT review_year, review_month, {grain}, count(*) AS n FROM flat
+                    GROUP BY ALL HAVING count(*) >= {int(spec.min_reviews)}
+                ) GROUP BY ALL
+            ), actual AS (
+                SELECT review_year, review_month, sum(total_reviews) AS actual FROM mart GROUP BY ALL
+            )
+            SELECT review_year, review_month, coalesce(expected, 0), coalesce(actual, 0)
+            FROM expected FULL JOIN actual USING (review_year, review_month)
+            WHERE coalesce(expected, 0) <> coalesce(actual, 0)
+            ORDER BY review_year, review_month
+            """
+        ).fetchall()
+    finally:
+        con.close()
+    failures = [{"review_year": y, "review_month": m, "expected": int(e), "actual": int(a)} for y, m, e, a in rows]
+    what = f"groups with >= {spec.min_reviews} reviews" if spec.min_reviews else "all live reviews"
+    return CheckOutcome(
+        passed=not failures,
+        description=f"{spec.name}: monthly sum(total_reviews) equals review_flat count ({what}); "
+        f"{len(failures)} month(s) differ",
+        failures=failures[:max_examples],
+    )
+
+
+def check_ratings_within_bounds(spec: MartSpec, mart: pa.Table, max_examples: int = 20) -> CheckOutcome:
+    """avg_rating is present and within 0-5 on every row (marts without avg_rating pass)."""
+    if "avg_rating" not in spec.schema.names:
+        return CheckOutcome(True, f"{spec.name}: has no avg_rating", [])
+    con = duckdb_connection()
+    try:
+        con.register("mart", mart)
+        cols = ", ".join([*PARTITION_COLUMNS, *spec.grain, "avg_rating"])
+        rows = con.execute(
+            f"SELECT {cols} FROM mart WHERE avg_rating IS NULL OR avg_rating < 0 OR avg_rating > 5 "
+            f"OR isnan(avg_rating)"
+        ).fetchall()
+    finally:
+        con.close()
+    names = [*PARTITION_COLUMNS, *spec.grain, "avg_rating"]
+    failures = [dict(zip(names, r)) for r in rows]
+    return CheckOutcome(
+        passed=not failures,
+        description=f"{spec.name}: avg_rating within 0-5; {len(failures)} row(s) outside",
+        failures=failures[:max_examples],
+    )
