@@ -279,9 +279,12 @@ class DynamoLedger:
         created_at = resolve_now(now)
         for reg in regs:
             new_record(reg, created_at)  # validate all before writing any
-        unique = list({reg.control_id: reg for reg in reversed(regs)}.values())[::-1]
+        unique: dict[str, Registration] = {}
+        for reg in regs:
+            unique.setdefault(reg.control_id, reg)
         with ThreadPoolExecutor(max_workers=min(REGISTER_WORKERS, max(1, len(unique)))) as pool:
-            outcomes = dict(zip((r.control_id for r in unique), pool.map(lambda r: self.register(r, now=created_at), unique)))
+            registered = pool.map(lambda r: self.register(r, now=created_at), unique.values())
+            outcomes = dict(zip(unique, registered))
         results, seen = [], set()
         for reg in regs:
             item, created = outcomes[reg.control_id]

@@ -128,6 +128,25 @@ def test_register_many_reports_created_per_registration(ledger: Ledger) -> None:
         ("raw/review/x.json.gz", False),
     ]
     assert ledger.counts() == {("bronze", "review", "pending"): 3}
+    assert ledger.register_many([]) == []
+
+
+def test_concurrent_registration_of_the_same_objects_creates_each_once(ledger: Ledger) -> None:
+    batch = [reg(f"f{i}") for i in range(20)]
+    barrier = threading.Barrier(2)
+    created: list[int] = []
+
+    def registrar() -> None:
+        barrier.wait()
+        created.append(sum(was_created for _, was_created in ledger.register_many(batch, now=T0)))
+
+    threads = [threading.Thread(target=registrar) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(created) == 20
+    assert ledger.counts() == {("bronze", "review", "pending"): 20}
 
 
 def test_invalid_registration_is_refused_and_nothing_is_written(ledger: Ledger) -> None:
@@ -402,6 +421,30 @@ def test_sqlite_two_processes_claiming_the_same_items_each_win_exactly_once(tmp_
     assert ledger.counts() == {("bronze", "review", "running"): 60}
     assert {i.attempt_count for i in ledger.items()} == {1}
     assert sum(won[0].values()) + sum(won[1].values()) == 60
+
+
+def _register_all(path: str, names: list[str], start: multiprocessing.synchronize.Event, out) -> None:
+    ledger = SqliteLedger(path)
+    start.wait()
+    out.put(sum(created for _, created in ledger.register_many([reg(n) for n in names], now=T0)))
+
+
+def test_sqlite_two_processes_registering_the_same_objects_create_each_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.sqlite")
+    SqliteLedger(path)
+    names = [f"f{i}" for i in range(50)]
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_register_all, args=(path, names, start, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    created = out.get(timeout=60) + out.get(timeout=60)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert created == 50
+    assert SqliteLedger(path).counts() == {("bronze", "review", "pending"): 50}
 
 
 def _hold_write_lock_uncommitted(path: str, control_id: str, locked: multiprocessing.synchronize.Event) -> None:
