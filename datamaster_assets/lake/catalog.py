@@ -1,0 +1,140 @@
+"""The Iceberg catalog of one environment, and the one way the project reads Iceberg tables.
+
+Local: pyiceberg ``SqlCatalog`` (SQLite at ``settings.catalog_path``) with a ``file://``
+warehouse at ``settings.warehouse_dir``. AWS: the Glue Data Catalog with an ``s3://`` warehouse
+in the lake bucket. Credentials are never read from settings: the Glue/S3 clients use the
+standard AWS chain, plus the ``AWS_*`` environment variables passed explicitly (and
+``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_GLUE`` / ``AWS_ENDPOINT_URL_S3`` so the whole path
+runs against a moto server in tests).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Mapping
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.io.pyarrow import pyarrow_to_schema
+from pyiceberg.schema import Schema
+from pyiceberg.table.name_mapping import MappedField, NameMapping
+
+from datamaster_assets.settings import Settings
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+
+    from datamaster_assets.lake.factory import Lake
+
+LAYERS = ("bronze", "silver", "gold")
+
+
+def catalog_properties(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The pyiceberg catalog properties for the environment (pure: settings + environment in)."""
+    env = os.environ if environ is None else environ
+    if settings.env != "aws":
+        settings.warehouse_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "type": "sql",
+            "uri": f"sqlite:///{settings.catalog_path.absolute()}",
+            "warehouse": settings.warehouse_dir.absolute().as_uri(),
+        }
+    props = {
+        "type": "glue",
+        "warehouse": f"s3://{settings.lake_bucket}/warehouse",
+        "glue.region": settings.aws_region,
+        "s3.region": settings.aws_region,
+    }
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "access-key-id",
+        "AWS_SECRET_ACCESS_KEY": "secret-access-key",
+        "AWS_SESSION_TOKEN": "session-token",
+        "AWS_PROFILE": "profile-name",
+    }
+    for var, suffix in credentials.items():
+        if env.get(var):
+            props[f"glue.{suffix}"] = env[var]
+            props[f"s3.{suffix}"] = env[var]
+    for service in ("glue", "s3"):
+        endpoint = env.get(f"AWS_ENDPOINT_URL_{service.upper()}") or env.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            props[f"{service}.endpoint"] = endpoint
+    return props
+
+
+def build_catalog(settings: Settings, environ: Mapping[str, str] | None = None) -> Catalog:
+    """SqlCatalog locally, GlueCatalog on AWS (see module docstring)."""
+    props = catalog_properties(settings, environ)
+    kind = props.pop("type")
+    if kind == "sql":
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        settings.catalog_path.parent.mkdir(parents=True, exist_ok=True)
+        return SqlCatalog("datamaster", **props)
+    from pyiceberg.catalog.glue import GlueCatalog
+
+    return GlueCatalog("datamaster", **props)
+
+
+def namespace_for(settings: Settings, layer: str) -> str:
+    if layer not in LAYERS:
+        raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
+    return settings.namespaces[layer]
+
+
+def table_identifier(settings: Settings, layer: str, name: str) -> str:
+    """'<namespace>.<name>', e.g. 'silver.review' locally and 'dm_silver.review' on Glue."""
+    return f"{namespace_for(settings, layer)}.{name}"
+
+
+def ensure_namespace(catalog: Catalog, namespace: str) -> None:
+    """Create the namespace if it does not exist (safe when two workers race to create it)."""
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+
+
+def iceberg_schema(arrow_schema: pa.Schema, identifier: tuple[str, ...] = ()) -> Schema:
+    """An Iceberg schema with field ids 1..n in column order; ``identifier`` columns become the
+    identifier fields (they must be non-nullable in ``arrow_schema``)."""
+    mapping = NameMapping([MappedField(field_id=i, names=[f.name]) for i, f in enumerate(arrow_schema, start=1)])
+    schema = pyarrow_to_schema(arrow_schema, name_mapping=mapping)
+    ids = [schema.find_field(name).field_id for name in identifier]
+    return Schema(*schema.fields, schema_id=0, identifier_field_ids=ids)
+
+
+def load_or_create_table(
+    catalog: Catalog,
+    identifier: str,
+    arrow_schema: pa.Schema,
+    key: tuple[str, ...] = (),
+    properties: Mapping[str, str] | None = None,
+) -> "Table":
+    """Load the table, creating it (and its namespace) unpartitioned on first use."""
+    try:
+        return catalog.load_table(identifier)
+    except NoSuchTableError:
+        pass
+    ensure_namespace(catalog, identifier.rsplit(".", 1)[0])
+    return catalog.create_table_if_not_exists(
+        identifier, schema=iceberg_schema(arrow_schema, key), properties=dict(properties or {})
+    )
+
+
+def read_iceberg_table(catalog: Catalog, identifier: str) -> pa.Table | None:
+    """The current snapshot of a table as one Arrow table; None if the table does not exist."""
+    try:
+        table = catalog.load_table(identifier)
+    except NoSuchTableError:
+        return None
+    return table.scan().to_arrow()
+
+
+def read_table(lake: "Lake", layer: str, name: str) -> pa.Table | None:
+    """Read ``<layer>.<name>`` of the lake's catalog (None if it has not been created yet).
+
+    Silver tables include soft-deleted rows: filter on ``deleted_at IS NULL`` for live rows.
+    """
+    return read_iceberg_table(lake.catalog, table_identifier(lake.settings, layer, name))

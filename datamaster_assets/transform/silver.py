@@ -1,0 +1,327 @@
+"""Silver CDC merge (DESIGN section 6), pure Arrow: bronze change rows in, new silver table out.
+
+A silver table holds the current state of one source table: the contract columns, the audit
+columns ``created_at``/``updated_at``/``deleted_at`` and three watermark columns recording the
+change that last touched the row (``_change_ts``, ``_change_seq``, ``_source_key``).
+
+``merge_changes`` is idempotent and order-insensitive across calls: a change is applied only if
+it is newer, by ``(_change_ts, _change_seq)``, than the watermark stored for its key, so replayed,
+duplicated or late (older) files change nothing. Deletes are soft. A delete for a key the table
+has never seen leaves a *tombstone* (a row with ``deleted_at`` set and ``created_at`` null), so
+that an older insert of that key arriving later in a late file stays deleted.
+
+Everything is vectorised (Arrow compute, one numpy scatter); nothing loops over rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datamaster_assets.contracts import BRONZE_LINEAGE, CDC_OPERATIONS, Contract
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+AUDIT_COLUMNS = ("created_at", "updated_at", "deleted_at")
+WATERMARK_COLUMNS = ("_change_ts", "_change_seq", "_source_key")
+# Total order of changes (DESIGN section 6): time, sequence within the source, file, line.
+CHANGE_ORDER = ("_change_ts", "_change_seq", "_source_key", "_source_line")
+
+
+def silver_schema(contract: Contract) -> pa.Schema:
+    """Contract columns (only the primary key required), audit columns, watermark columns."""
+    fields = [pa.field(c.name, c.arrow_type, nullable=c.name not in contract.primary_key) for c in contract.columns]
+    fields += [pa.field(name, TIMESTAMP) for name in AUDIT_COLUMNS]
+    fields += [
+        pa.field("_change_ts", TIMESTAMP),
+        pa.field("_change_seq", pa.int64()),
+        pa.field("_source_key", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+# What happened to each change row: exactly one of these. The last six describe the final change
+# of a key (the one that decides its row); the first two are changes that did not.
+OUTCOMES = (
+    "stale_ignored",  # not newer than the row already held for its key (replays, late files)
+    "superseded",  # overtaken by a later change to the same key in this batch
+    "inserted",  # key absent -> live row
+    "updated",  # live row -> live row
+    "revived",  # deleted row (or tombstone) -> live row
+    "deleted",  # ends soft-deleted after being live (stored, or upserted earlier in this batch)
+    "tombstoned",  # delete of a key never seen: recorded as a deleted row (see module docstring)
+    "unchanged",  # delete of an already-deleted row: only the watermark moves
+)
+_CODE = {name: i for i, name in enumerate(OUTCOMES)}
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    table: pa.Table  # the complete new silver table (one chunk per column)
+    outcomes: np.ndarray = field(repr=False)  # int8 code (index into OUTCOMES) per input change row
+    affected_keys: pa.Table = field(repr=False)  # primary keys of every row written
+
+    def counts(self, rows: slice | None = None) -> dict[str, int]:
+        """Change rows per outcome, for all changes or for a slice of them (e.g. one input file)."""
+        codes = self.outcomes if rows is None else self.outcomes[rows]
+        per_code = np.bincount(codes, minlength=len(OUTCOMES))
+        return {name: int(n) for name, n in zip(OUTCOMES, per_code)}
+
+    def __getattr__(self, name: str) -> int:
+        if name in _CODE:
+            return int(np.count_nonzero(self.outcomes == _CODE[name]))
+        raise AttributeError(name)
+
+    @property
+    def changes_read(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def applied(self) -> int:
+        return int(np.count_nonzero(self.outcomes >= _CODE["inserted"]))
+
+    @property
+    def changed(self) -> bool:
+        """False when the merge is a no-op and the stored table can stay as it is."""
+        return self.applied > 0
+
+
+def validate_changes(changes: pa.Table, contract: Contract) -> list[str]:
+    """Problems that make a bronze change table unusable (empty list when it is fine).
+
+    Messages name the field and the first offending ``_source_line``.
+    """
+    required = contract.column_names + [f.name for f in BRONZE_LINEAGE]
+    missing = [c for c in required if c not in changes.column_names]
+    if missing:
+        return [f"missing columns {missing}"]
+    problems = []
+    for name in list(contract.primary_key) + ["_op", "_change_ts", "_change_seq", "_source_key", "_source_line"]:
+        nulls = changes[name].null_count
+        if nulls:
+            line = _first_line(changes, pc.is_null(changes[name]))
+            problems.append(f"{nulls} row(s) with null {name} (first at _source_line {line})")
+    bad_op = pc.invert(pc.is_in(changes["_op"], value_set=pa.array(CDC_OPERATIONS)))
+    n_bad = pc.sum(pc.fill_null(bad_op, False)).as_py() or 0
+    if n_bad:
+        problems.append(
+            f"{n_bad} row(s) with _op not in {list(CDC_OPERATIONS)} (first at _source_line {_first_line(changes, bad_op)})"
+        )
+    return problems
+
+
+def _first_line(changes: pa.Table, mask: pa.ChunkedArray) -> int | None:
+    lines = changes["_source_line"].filter(pc.fill_null(mask, False))
+    return lines[0].as_py() if len(lines) else None
+
+
+def conform_changes(changes: pa.Table, contract: Contract) -> pa.Table:
+    """Select and cast to the bronze schema (fails with pyarrow's message if a type cannot cast)."""
+    schema = contract.bronze_schema
+    return changes.select(schema.names).cast(schema)
+
+
+def _keys_unique(table: pa.Table, key: tuple[str, ...]) -> bool:
+    if table.num_rows <= 1:
+        return True
+    if len(key) != 1:
+        return False
+    column = table[key[0]]
+    if pa.types.is_integer(column.type) and column.null_count == 0:
+        values = column.to_numpy()
+        if (values[1:] > values[:-1]).all():  # strictly increasing (typical of a load): no hashing
+            return True
+    return pc.count_distinct(column).as_py() == table.num_rows
+
+
+def first_and_last_per_key(changes: pa.Table, key: tuple[str, ...]) -> tuple[pa.Array, pa.Array]:
+    """Row numbers of the first and of the last change of every key in CHANGE_ORDER (aligned:
+    element i of both belongs to the same key)."""
+    n = changes.num_rows
+    if _keys_unique(changes, key):
+        every = pa.array(np.arange(n))
+        return every, every
+    sort_keys = [(k, "ascending") for k in key] + [(c, "ascending") for c in CHANGE_ORDER]
+    order = pc.sort_indices(changes, sort_keys=sort_keys)
+    boundary = None  # boundary[i]: row i and row i+1 (in sorted order) hold different keys
+    for k in key:
+        col = changes[k].take(order).combine_chunks()
+        differs = pc.not_equal(col.slice(0, n - 1), col.slice(1))
+        boundary = differs if boundary is None else pc.or_(boundary, differs)
+    last = order.filter(pa.concat_arrays([boundary, pa.array([True])]))
+    first = order.filter(pa.concat_arrays([pa.array([True]), boundary]))
+    return first, last
+
+
+def latest_change_per_key(changes: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """The last change of every key in CHANGE_ORDER (input rows in any order)."""
+    return changes.take(first_and_last_per_key(changes, key)[1])
+
+
+def _positions(target: pa.Table, probe: pa.Table, key: tuple[str, ...]) -> pa.Array:
+    """For every row of ``probe``: the row number of its key in ``target`` (null when absent).
+    ``target`` keys must be unique."""
+    if len(key) == 1:
+        return _array(pc.index_in(probe[key[0]], value_set=target[key[0]].combine_chunks()))
+    left = probe.select(key).append_column("_pidx", pa.array(np.arange(probe.num_rows)))
+    right = target.select(key).append_column("_tidx", pa.array(np.arange(target.num_rows)))
+    joined = left.join(right, keys=list(key), join_type="left outer").sort_by("_pidx")
+    return joined["_tidx"].combine_chunks()
+
+
+def _sum(mask: pa.Array) -> int:
+    return int(pc.sum(mask).as_py() or 0)
+
+
+def _and(*masks: pa.Array) -> pa.Array:
+    out = masks[0]
+    for m in masks[1:]:
+        out = pc.and_(out, m)
+    return out
+
+
+def _where(values, mask: pa.Array, selected: int):
+    """values.filter(mask), without a copy when the mask selects everything."""
+    return values if selected == len(mask) else values.filter(mask)
+
+
+def _take_or_nulls(column: pa.ChunkedArray, positions: pa.Array) -> pa.Array:
+    if positions.null_count == len(positions):
+        return pa.nulls(len(positions), column.type)
+    return _array(column.take(positions))
+
+
+def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contract) -> MergeResult:
+    """Apply bronze change rows (``contract.bronze_schema``) to the current silver table.
+
+    With the changes in order, the result equals applying them one at a time in CHANGE_ORDER and
+    skipping every change that is not newer than the row's stored watermark.
+    """
+    schema = silver_schema(contract)
+    key = contract.primary_key
+    current = schema.empty_table() if current is None else current.select(schema.names).cast(schema)
+    changes = conform_changes(changes, contract)
+
+    # 1. Drop changes not newer than what the table holds for their key (replays, late files).
+    if current.num_rows:
+        pos_all = _positions(current, changes, key)
+        stored_ts, stored_seq = current["_change_ts"].take(pos_all), current["_change_seq"].take(pos_all)
+        ts, seq = changes["_change_ts"], changes["_change_seq"]
+        newer = pc.or_kleene(
+            pc.is_null(pos_all),
+            pc.or_kleene(pc.greater(ts, stored_ts), pc.and_kleene(pc.equal(ts, stored_ts), pc.greater(seq, stored_seq))),
+        )
+        newer = _array(pc.fill_null(newer, False))
+        n_fresh = _sum(newer)
+        fresh = _where(changes, newer, n_fresh).combine_chunks()
+        fresh_pos = _where(pos_all, newer, n_fresh)
+        fresh_rows = np.flatnonzero(newer.to_numpy(zero_copy_only=False))
+    else:
+        fresh = changes.combine_chunks()
+        fresh_pos = pa.nulls(fresh.num_rows, pa.int32())
+        fresh_rows = np.arange(fresh.num_rows)
+
+    # 2. The final change per key decides the row's state; the key's earlier upserts in this batch
+    #    give created_at (first one) and, when the final change is a delete, the values (last one).
+    fresh_upsert = _array(pc.not_equal(fresh["_op"], "delete"))
+    if _keys_unique(fresh, key):
+        latest, pos, latest_rows = fresh, fresh_pos, fresh_rows
+        first_upsert_ts = fresh["_change_ts"]  # only read for upserts
+        prior = None  # no key has an upsert before its final change
+    else:
+        _, last = first_and_last_per_key(fresh, key)
+        latest, pos = fresh.take(last).combine_chunks(), fresh_pos.take(last)
+        latest_rows = fresh_rows[last.to_numpy()]
+        upserts = fresh.filter(fresh_upsert)
+        ufirst, ulast = first_and_last_per_key(upserts, key)
+        last_upserts = upserts.take(ulast)
+        upos = _positions(last_upserts, latest, key)
+        first_upsert_ts = _array(upserts["_change_ts"].take(ufirst).take(upos))
+        prior = last_upserts.take(upos).combine_chunks()  # null rows where the key had none
+        prior = prior.append_column("_has_prior", pc.is_valid(upos))
+
+    is_delete = _array(pc.equal(latest["_op"], "delete"))
+    n_delete = _sum(is_delete)
+    is_upsert = pc.invert(is_delete)
+    n_upsert = latest.num_rows - n_delete
+
+    # 3a. Final upserts: the change's values; created_at of the first time the row was live.
+    up = _where(latest, is_upsert, n_upsert)
+    up_pos = _where(pos, is_upsert, n_upsert)
+    up_first_ts = _where(first_upsert_ts, is_upsert, n_upsert)
+    up_stored_created = _take_or_nulls(current["created_at"], up_pos)
+    up_stored_deleted = pc.is_valid(_take_or_nulls(current["deleted_at"], up_pos))
+    up_columns = {c: up[c] for c in contract.column_names + list(WATERMARK_COLUMNS)}
+    up_columns["created_at"] = pc.coalesce(up_stored_created, _array(up_first_ts))
+    up_columns["updated_at"] = up["_change_ts"]
+    up_columns["deleted_at"] = pa.nulls(up.num_rows, TIMESTAMP)
+    written_up = _table(up_columns, schema)
+
+    # 3b. Final deletes keep the most recent values known: this batch's last upsert of the key,
+    #     else the stored row, else (a tombstone) whatever the delete itself carried.
+    dl = _where(latest, is_delete, n_delete)
+    dl_pos = _where(pos, is_delete, n_delete)
+    dl_stored = current.take(dl_pos).combine_chunks()
+    dl_has_stored = pc.is_valid(dl_pos)
+    dl_stored_deleted = pc.is_valid(dl_stored["deleted_at"])
+    dl_prior = None if prior is None else _where(prior, is_delete, n_delete)
+    dl_had_prior = pa.array(np.zeros(dl.num_rows, bool)) if dl_prior is None else dl_prior["_has_prior"]
+    dl_columns = {}
+    for c in contract.column_names:
+        values = pc.if_else(dl_has_stored, dl_stored[c], dl[c])
+        dl_columns[c] = values if dl_prior is None else pc.if_else(dl_had_prior, dl_prior[c], values)
+    # Only the watermark moves when an already-deleted row is deleted again.
+    stays_deleted = _and(dl_stored_deleted, pc.invert(dl_had_prior))
+    dl_first_ts = _where(first_upsert_ts, is_delete, n_delete) if dl_prior is not None else pa.nulls(dl.num_rows, TIMESTAMP)
+    dl_columns["created_at"] = pc.coalesce(dl_stored["created_at"], _array(dl_first_ts))
+    dl_columns["updated_at"] = pc.if_else(stays_deleted, dl_stored["updated_at"], dl["_change_ts"])
+    dl_columns["deleted_at"] = pc.if_else(stays_deleted, dl_stored["deleted_at"], dl["_change_ts"])
+    for c in WATERMARK_COLUMNS:
+        dl_columns[c] = dl[c]
+    written_dl = _table(dl_columns, schema)
+
+    # 4. Untouched stored rows + the rows written above, as one contiguous chunk per column.
+    written = pa.concat_tables([written_up, written_dl])
+    touched = np.zeros(current.num_rows, dtype=bool)
+    touched[pos.drop_null().to_numpy()] = True
+    kept = current.filter(pa.array(~touched)) if touched.any() else current
+    parts = [t for t in (kept, written_up, written_dl) if t.num_rows]
+    table = pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else (parts[0] if parts else current)
+
+    outcomes = np.full(changes.num_rows, _CODE["stale_ignored"], dtype=np.int8)
+    outcomes[fresh_rows] = _CODE["superseded"]
+    up_has_stored = _bools(pc.is_valid(up_pos))
+    up_code = np.where(
+        _bools(up_stored_deleted), _CODE["revived"], np.where(up_has_stored, _CODE["updated"], _CODE["inserted"])
+    )
+    dl_code = np.where(
+        _bools(stays_deleted),
+        _CODE["unchanged"],
+        np.where(_bools(dl_had_prior) | _bools(dl_has_stored), _CODE["deleted"], _CODE["tombstoned"]),
+    )
+    outcomes[_where_np(latest_rows, is_upsert, n_upsert)] = up_code
+    outcomes[_where_np(latest_rows, is_delete, n_delete)] = dl_code
+    return MergeResult(table=table, outcomes=outcomes, affected_keys=written.select(key))
+
+
+def _bools(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(_array(mask).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _where_np(rows: np.ndarray, mask: pa.Array, selected: int) -> np.ndarray:
+    return rows if selected == len(rows) else rows[_bools(mask)]
+
+
+def _table(columns: dict, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays([_array(columns[f.name]) for f in schema], schema=schema)
+
+
+def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def live_rows(silver: pa.Table) -> pa.Table:
+    """Rows that are not soft-deleted."""
+    return silver.filter(pc.is_null(silver["deleted_at"]))

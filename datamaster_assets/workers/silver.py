@@ -1,0 +1,243 @@
+"""Silver worker: apply a table's pending bronze files to its Iceberg table (DESIGN section 6).
+
+``apply_pending_silver`` claims the table's claimable silver ledger items, reads their bronze
+Parquet, merges all changes in one pass (``transform.silver.merge_changes``), commits the new
+table copy-on-write in ONE Iceberg transaction, and only then marks the items done. A crash
+between the commit and the ledger update is harmless: the items are reclaimed after their lease
+expires, and re-applying them changes nothing because every change is older than or equal to the
+watermark now stored for its key.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException
+
+from datamaster_assets.contracts import Contract, get_contract
+from datamaster_assets.lake.catalog import load_or_create_table, read_table, table_identifier
+from datamaster_assets.lake.factory import Lake
+from datamaster_assets.lake.ledger import Layer, LedgerItem, LeaseLost
+from datamaster_assets.lake.objectstore import ObjectStore
+from datamaster_assets.transform.silver import (
+    OUTCOMES,
+    MergeResult,
+    conform_changes,
+    merge_changes,
+    silver_schema,
+    validate_changes,
+)
+
+__all__ = ["SilverApplyResult", "apply_pending_silver", "commit_merge", "read_table"]
+
+log = logging.getLogger(__name__)
+
+COMMIT_ATTEMPTS = 5
+PREVIEW_ROWS = 5
+# When no limit is given, one run takes at most this many files (the ledger pages oldest first).
+DEFAULT_MAX_FILES = 10_000
+
+
+class BadBronzeFile(ValueError):
+    """A bronze file that can never be merged as it is (corrupt, wrong schema, invalid rows)."""
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    merge: MergeResult | None  # None when there were no changes to merge
+    snapshot_id: int | None
+    committed: bool  # False when the merge changed nothing and no snapshot was written
+    attempts: int
+
+
+@dataclass
+class SilverApplyResult:
+    table: str
+    identifier: str
+    files_applied: int = 0
+    files_failed: int = 0
+    failures: list[str] = field(default_factory=list)  # one message per failed file, naming it
+    lease_lost: list[str] = field(default_factory=list)  # control ids finished by someone else
+    counts: dict[str, int] = field(default_factory=lambda: {name: 0 for name in OUTCOMES})
+    change_rows: int = 0
+    live_rows: int | None = None
+    total_rows: int | None = None
+    snapshot_id: int | None = None
+    committed: bool = False
+    commit_attempts: int = 0
+    duration_s: float = 0.0
+    preview_markdown: str = ""
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Plain values for a Dagster MaterializeResult."""
+        out: dict[str, Any] = {
+            "dagster/row_count": self.live_rows if self.live_rows is not None else 0,
+            "table": self.identifier,
+            "total_rows_incl_deleted": self.total_rows if self.total_rows is not None else 0,
+            "files_applied": self.files_applied,
+            "files_failed": self.files_failed,
+            "change_rows": self.change_rows,
+            "snapshot_id": str(self.snapshot_id) if self.snapshot_id is not None else "",
+            "committed": self.committed,
+            "commit_attempts": self.commit_attempts,
+            "duration_s": round(self.duration_s, 3),
+        }
+        out.update(self.counts)
+        if self.preview_markdown:
+            out["preview"] = self.preview_markdown
+        return out
+
+
+def read_bronze_file(store: ObjectStore, key: str, contract: Contract) -> pa.Table:
+    """A bronze Parquet file as a table of ``contract.bronze_schema``. Raises BadBronzeFile for
+    content that can never merge; OSError (e.g. a missing object) passes through as retryable."""
+    path = store.local_path(key)
+    try:
+        if path is not None:
+            raw = pq.read_table(path)
+        else:
+            raw = pq.read_table(io.BytesIO(store.read_bytes(key)))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise BadBronzeFile(f"bronze file {key} is not readable Parquet: {exc}") from exc
+    problems = validate_changes(raw, contract)
+    if problems:
+        raise BadBronzeFile(f"bronze file {key}: " + "; ".join(problems))
+    try:
+        return conform_changes(raw, contract)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise BadBronzeFile(f"bronze file {key}: columns do not match the {contract.name} contract: {exc}") from exc
+
+
+def commit_merge(
+    catalog: Catalog, identifier: str, contract: Contract, changes: pa.Table, *, attempts: int = COMMIT_ATTEMPTS
+) -> tuple[CommitOutcome, pa.Table]:
+    """Merge ``changes`` into the table and commit copy-on-write in one transaction.
+
+    On a commit conflict (another writer committed since we loaded the table) reload, re-merge
+    and recommit, at most ``attempts`` times. Returns the outcome and the table as now stored.
+    """
+    schema = silver_schema(contract)
+    for attempt in range(1, attempts + 1):
+        table = load_or_create_table(catalog, identifier, schema, contract.primary_key)
+        current = table.scan().to_arrow() if table.current_snapshot() is not None else None
+        merged = merge_changes(current, changes, contract)
+        if not merged.changed:
+            snapshot = table.current_snapshot()
+            stored = merged.table
+            return CommitOutcome(merged, snapshot.snapshot_id if snapshot else None, False, attempt), stored
+        try:
+            if current is None:
+                table.append(merged.table)
+            else:
+                table.overwrite(merged.table)
+        except CommitFailedException as exc:
+            if attempt == attempts:
+                raise
+            log.warning("commit to %s conflicted (attempt %d/%d), retrying: %s", identifier, attempt, attempts, exc)
+            continue
+        return CommitOutcome(merged, table.current_snapshot().snapshot_id, True, attempt), merged.table
+    raise AssertionError("unreachable")
+
+
+def apply_pending_silver(
+    lake: Lake, table: str, *, owner: str, max_files: int | None = None, now: datetime | None = None
+) -> SilverApplyResult:
+    """Claim, merge and commit the table's pending bronze files; then complete their ledger items."""
+    started = time.perf_counter()
+    contract = get_contract(table)
+    identifier = table_identifier(lake.settings, "silver", table)
+    result = SilverApplyResult(table=table, identifier=identifier)
+    ledger = lake.ledger
+
+    candidates = ledger.claimable(Layer.SILVER.value, table_name=table, limit=max_files or DEFAULT_MAX_FILES, now=now)
+    claimed: list[LedgerItem] = []
+    for item in candidates:
+        got = ledger.claim(item.control_id, owner, lake.settings.lease_seconds, now=now)
+        if got is not None:
+            claimed.append(got)
+
+    loaded: list[tuple[LedgerItem, pa.Table]] = []
+    for item in claimed:
+        try:
+            loaded.append((item, read_bronze_file(lake.store, item.object_key, contract)))
+        except BadBronzeFile as exc:
+            _fail(ledger, item, owner, str(exc), permanent=True, now=now, result=result)
+        except OSError as exc:
+            _fail(ledger, item, owner, f"bronze file {item.object_key} could not be read: {exc}", permanent=False,
+                  now=now, result=result)
+
+    if loaded:
+        changes = pa.concat_tables([t for _, t in loaded])
+        outcome, stored = commit_merge(lake.catalog, identifier, contract, changes)
+        result.snapshot_id, result.committed, result.commit_attempts = (
+            outcome.snapshot_id, outcome.committed, outcome.attempts)
+        result.change_rows = changes.num_rows
+        result.counts = outcome.merge.counts()
+        result.total_rows = stored.num_rows
+        result.live_rows = stored["deleted_at"].null_count
+        result.preview_markdown = _preview(outcome.merge, result)
+        start = 0
+        for item, rows in loaded:
+            file_rows = slice(start, start + rows.num_rows)
+            start += rows.num_rows
+            stats = {**outcome.merge.counts(file_rows), "snapshot_id": outcome.snapshot_id,
+                     "committed": outcome.committed}
+            try:
+                ledger.complete(item.control_id, owner, record_count=rows.num_rows, rejected_count=0,
+                                output_key=identifier, duration_ms=int((time.perf_counter() - started) * 1000),
+                                stats=stats, now=now)
+                result.files_applied += 1
+            except LeaseLost:
+                # Someone reclaimed it after our lease ran out; their re-apply is a no-op.
+                result.lease_lost.append(item.control_id)
+    else:
+        stored = read_table(lake, "silver", table)
+        if stored is not None:
+            result.total_rows = stored.num_rows
+            result.live_rows = stored["deleted_at"].null_count
+            snapshot = lake.catalog.load_table(identifier).current_snapshot()
+            result.snapshot_id = snapshot.snapshot_id if snapshot else None
+
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _fail(ledger, item: LedgerItem, owner: str, message: str, *, permanent: bool, now, result: SilverApplyResult):
+    log.error("%s", message)
+    result.files_failed += 1
+    result.failures.append(message)
+    try:
+        ledger.fail(item.control_id, owner, message, permanent=permanent, now=now)
+    except LeaseLost:
+        result.lease_lost.append(item.control_id)
+
+
+def _preview(merge: MergeResult, result: SilverApplyResult) -> str:
+    """Outcome counts and a few of the rows this merge wrote, as Markdown."""
+    lines = ["| outcome | change rows |", "|---|---|"]
+    lines += [f"| {name} | {n:,} |" for name, n in result.counts.items() if n]
+    written = merge.table.slice(merge.table.num_rows - merge.affected_keys.num_rows) if merge.changed else None
+    if written is not None and written.num_rows:
+        sample = written.slice(0, PREVIEW_ROWS)
+        names = [c for c in sample.column_names if not c.startswith("_")]
+        lines += ["", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+        for row in sample.select(names).to_pylist():
+            lines.append("| " + " | ".join(_cell(row[n]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value).replace("|", "\\|")[:40]
