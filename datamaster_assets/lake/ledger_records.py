@@ -16,8 +16,6 @@ from datamaster_assets.lake.ledger import COMPUTE_TARGETS, Layer, LedgerItem, Re
 
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 LAYERS = tuple(layer.value for layer in Layer)
-# Statuses a claim may pick up; kept in one place so both backends agree.
-CLAIMABLE_STATUSES = (Status.PENDING, Status.ERROR, Status.RUNNING)
 
 
 def utc_now() -> datetime:
