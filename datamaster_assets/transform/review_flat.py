@@ -16,6 +16,9 @@ pyarrow compute for this join at full size (docs/gold.md).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import duckdb
 import pyarrow as pa
 
@@ -121,3 +124,63 @@ def build_review_flat(review: pa.Table, beer: pa.Table, brewery: pa.Table, profi
             "duplicate live keys (silver.beer/brewery/profile must be unique per key)"
         )
     return flat.cast(REVIEW_FLAT_SCHEMA)
+
+
+@dataclass(frozen=True)
+class FlatDiff:
+    """What changed between two review_flat versions, keyed by review_id."""
+
+    added: int
+    removed: int
+    changed: int  # present in both, any column different
+    gold_months: frozenset[tuple[int, int]]  # old and new months of rows whose gold inputs differ
+
+    @property
+    def any_change(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+def _row(alias: str, columns: Sequence[str]) -> str:
+    return "(" + ", ".join(f"{alias}.{c}" for c in columns) + ")"
+
+
+def diff_review_flat(old: pa.Table | None, new: pa.Table, gold_columns: Sequence[str]) -> FlatDiff:
+    """Rows added, removed and changed from ``old`` to ``new``, and the (year, month) pairs gold must
+    recompute: for every row added, removed or changed in a ``gold_columns`` column, its old month
+    and its new month (a review moved to another month affects both). No ``old``: every month."""
+    from datamaster_assets.transform.gold import months_of  # gold imports this module
+
+    if old is None:
+        return FlatDiff(added=new.num_rows, removed=0, changed=0, gold_months=frozenset(months_of(new)))
+    columns = [c for c in REVIEW_FLAT_SCHEMA.names if c != "review_id"]
+    missing = [c for c in [*columns, "review_id"] if c not in old.column_names or c not in new.column_names]
+    if missing:
+        raise ReviewFlatInputError(f"review_flat versions to compare lack column(s) {missing}")
+    gold = [c for c in gold_columns if c != "review_id"]
+    con = duckdb_connection()
+    try:
+        con.register("old_flat", old.select(["review_id", *columns]))
+        con.register("new_flat", new.select(["review_id", *columns]))
+        con.execute(
+            f"""
+            CREATE TEMP TABLE delta AS
+            SELECT o.review_id IS NULL AS is_added, n.review_id IS NULL AS is_removed,
+                   {_row('o', gold)} IS DISTINCT FROM {_row('n', gold)} AS gold_changed,
+                   o.review_year AS old_year, o.review_month AS old_month,
+                   n.review_year AS new_year, n.review_month AS new_month
+            FROM old_flat o FULL JOIN new_flat n ON o.review_id = n.review_id
+            WHERE o.review_id IS NULL OR n.review_id IS NULL
+               OR {_row('o', columns)} IS DISTINCT FROM {_row('n', columns)}
+            """
+        )
+        added, removed, changed = con.execute(
+            "SELECT count(*) FILTER (is_added), count(*) FILTER (is_removed), "
+            "count(*) FILTER (NOT is_added AND NOT is_removed) FROM delta"
+        ).fetchone()
+        months = con.execute(
+            "SELECT old_year, old_month FROM delta WHERE gold_changed AND old_year IS NOT NULL "
+            "UNION SELECT new_year, new_month FROM delta WHERE gold_changed AND new_year IS NOT NULL"
+        ).fetchall()
+    finally:
+        con.close()
+    return FlatDiff(added=added, removed=removed, changed=changed, gold_months=frozenset(map(tuple, months)))
