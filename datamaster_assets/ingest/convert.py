@@ -1,0 +1,267 @@
+"""raw file -> one bronze Parquet file (+ a rejects file): the pure-ish core of the bronze worker.
+
+Input is a path or a binary stream; output goes to the two paths given, nothing else is touched.
+Per chunk of lines: parse (fast typed path, row-precise slow path for chunks it refuses), check
+the contract rules, mask PII, add lineage, append to the Parquet writer. Memory is bounded by the
+chunk size (``batch_rows``), not by the file size.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from datamaster_assets.contracts import Contract, get_contract
+from datamaster_assets.ingest.batch import ParsedBatch, Reject
+from datamaster_assets.ingest.cdc import CdcReader
+from datamaster_assets.ingest.csv_reader import CsvReader, split_header
+from datamaster_assets.ingest.errors import BadInputError
+from datamaster_assets.ingest.masking import PiiDetector, mask_table
+from datamaster_assets.ingest.rejects import RejectsWriter
+from datamaster_assets.ingest.stream import iter_chunks
+from datamaster_assets.ingest.validate import check_rules
+from datamaster_assets.ingest.values import TIMESTAMP_US_UTC
+
+DEFAULT_BATCH_ROWS = 256 * 1024
+PARQUET_COMPRESSION = "zstd"
+# A column gets dictionary encoding when its first batch has at most this share of distinct values.
+# Dictionary-encoding a near-unique column (ids, line numbers) costs time and grows the file.
+DICTIONARY_MAX_DISTINCT_SHARE = 0.2
+
+
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """Columns worth dictionary-encoding, judged on a (first) batch."""
+    n = max(table.num_rows, 1)
+    out = []
+    for name, column in zip(table.column_names, table.columns):
+        sample = column.slice(0, 65536)
+        if pc.count_distinct(sample, mode="all").as_py() <= DICTIONARY_MAX_DISTINCT_SHARE * min(n, 65536):
+            out.append(name)
+    return out
+
+
+class _ParquetOutput:
+    """Writes batches on a background thread (compression overlaps parsing of the next chunk).
+    The writer is created on the first batch, whose cardinalities choose dictionary columns."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = Path(path)
+        self.schema = schema
+        self._writer: pq.ParquetWriter | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+        self._pending: Future | None = None
+
+    def _open(self, first: pa.Table | None) -> pq.ParquetWriter:
+        dictionary = dictionary_columns(first) if first is not None else True
+        return pq.ParquetWriter(self.path, self.schema, compression=PARQUET_COMPRESSION, use_dictionary=dictionary)
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = self._open(table)
+        self._writer.write_table(table)
+
+    def write(self, table: pa.Table) -> None:
+        if self._pending is not None:
+            self._pending.result()  # at most one batch in flight: memory stays bounded
+        self._pending = self._pool.submit(self._write, table)
+
+    def close(self) -> None:
+        try:
+            if self._pending is not None:
+                self._pending.result()
+            if self._writer is None:
+                self._writer = self._open(None)
+        finally:
+            self._pool.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.close()
+
+
+@dataclass
+class BronzeOutcome:
+    source_key: str
+    table: str
+    file_format: str
+    records_read: int  # data records (accepted + rejected); control records and blank lines excluded
+    accepted: int
+    rejected: int
+    control_records: int
+    notes: list[str] = field(default_factory=list)
+    parquet_bytes: int = 0
+    rejects_bytes: int = 0  # 0: no rejects file was written
+    batches: int = 0
+    slow_batches: int = 0  # chunks the fast reader refused and that were re-read line by line
+    duration_ms: int = 0
+
+    @property
+    def rejects_written(self) -> bool:
+        return self.rejects_bytes > 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _utc(ts: datetime, name: str) -> datetime:
+    if ts.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return ts.astimezone(timezone.utc)
+
+
+class _Lineage:
+    """Appends the BRONZE_LINEAGE columns to accepted rows."""
+
+    def __init__(self, source_key: str, control_id: str, ingested_at: datetime, batch_change_ts: datetime):
+        self.source_key = pa.scalar(source_key, pa.string())
+        self.control_id = pa.scalar(control_id, pa.string())
+        self.ingested_at = pa.scalar(_utc(ingested_at, "ingested_at"), TIMESTAMP_US_UTC)
+        self.batch_change_ts = pa.scalar(_utc(batch_change_ts, "batch_change_ts"), TIMESTAMP_US_UTC)
+        self.load = pa.scalar("load", pa.string())
+        self.change_ts_filled = 0
+
+    def columns(self, n: int, lines: pa.Array, ops, change_ts, change_seq) -> list[pa.Array]:
+        if change_ts is None:
+            change_ts = pa.repeat(self.batch_change_ts, n)
+        else:
+            self.change_ts_filled += change_ts.null_count
+            if change_ts.null_count:
+                change_ts = pc.coalesce(change_ts, self.batch_change_ts)
+        return [
+            pa.repeat(self.source_key, n),
+            pa.repeat(self.control_id, n),
+            pa.repeat(self.ingested_at, n),
+            pa.repeat(self.load, n) if ops is None else ops,
+            change_ts,
+            lines if change_seq is None else pc.coalesce(change_seq, lines),
+            lines,
+        ]
+
+
+def _take(arr: pa.Array | None, keep: pa.Array) -> pa.Array | None:
+    return None if arr is None else pc.filter(arr, keep)
+
+
+def convert_to_bronze(
+    source: Path | BinaryIO,
+    *,
+    contract: Contract | str,
+    file_format: str,
+    source_key: str,
+    control_id: str,
+    ingested_at: datetime,
+    batch_change_ts: datetime,
+    pii_key: str | bytes,
+    parquet_out: Path,
+    rejects_out: Path,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> BronzeOutcome:
+    """Convert one raw file. Raises BadInputError for a file that cannot be processed at all;
+    bad rows are written to ``rejects_out`` (only created if there is one) and counted.
+
+    ``batch_change_ts`` is the change time of rows that carry none (batch CSV: the ledger item's
+    created_at). ``parquet_out`` always receives a valid file, with zero rows if need be.
+    """
+    started = time.perf_counter()
+    if isinstance(contract, str):
+        try:
+            contract = get_contract(contract)
+        except KeyError as exc:
+            raise BadInputError(source_key, f"unknown table {contract!r}") from exc
+    if file_format not in ("csv", "json"):
+        raise BadInputError(source_key, f"unknown file format {file_format!r}; expected csv or json")
+    if file_format not in contract.formats:
+        raise BadInputError(
+            source_key, f"table {contract.name!r} does not accept {file_format} files (accepts {', '.join(contract.formats)})"
+        )
+    key = pii_key.encode("utf-8") if isinstance(pii_key, str) else pii_key
+    if not key:
+        raise ValueError("pii_key must not be empty")
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
+
+    schema = contract.bronze_schema
+    lineage = _Lineage(source_key, control_id, ingested_at, batch_change_ts)
+    detector = PiiDetector(contract)
+    rejects = RejectsWriter(rejects_out, source_key, control_id)
+    outcome = BronzeOutcome(source_key, contract.name, file_format, 0, 0, 0, 0)
+    notes: list[str] = []
+    reader: CsvReader | CdcReader | None = CdcReader(contract) if file_format == "json" else None
+    saw_line = False
+    writer = _ParquetOutput(parquet_out, schema)
+    try:
+        for chunk in iter_chunks(source, source_key, batch_rows):
+            if reader is None:  # CSV: the first line is the header
+                layout, chunk = split_header(chunk, contract, source_key)
+                reader = CsvReader(contract, layout)
+                notes.extend(layout.notes())
+                if not chunk.data:
+                    continue
+            saw_line = True
+            batch = reader.parse(chunk)
+            outcome.batches += 1
+            outcome.slow_batches += 0 if batch.fast else 1
+            outcome.control_records += batch.control_records
+            accepted = _apply_rules(contract, batch, rejects)
+            outcome.rejected += len(batch.rejects)
+            if accepted is None:
+                continue
+            table, lines, ops, change_ts, change_seq = accepted
+            detector.observe(table)
+            table = mask_table(table, contract, key)
+            n = table.num_rows
+            out = pa.Table.from_arrays(
+                table.columns + lineage.columns(n, lines, ops, change_ts, change_seq), schema=schema
+            )
+            writer.write(out)
+            outcome.accepted += n
+    finally:
+        writer.close()
+        outcome.rejects_bytes = rejects.close()
+    if reader is None:
+        raise BadInputError(source_key, "no header line: the file decompresses to nothing")
+    outcome.rejected = rejects.count
+    outcome.records_read = outcome.accepted + outcome.rejected
+    if not saw_line:
+        notes.append("header only, no data rows" if file_format == "csv" else "no lines in the file")
+    if isinstance(reader, CdcReader) and reader.extra_fields:
+        notes.append(f"extra fields ignored: {', '.join(sorted(reader.extra_fields))}")
+    if lineage.change_ts_filled:
+        notes.append(f"{lineage.change_ts_filled} changes had no metadata timestamp; used the batch time")
+    notes.extend(detector.findings())
+    outcome.notes = notes
+    outcome.parquet_bytes = Path(parquet_out).stat().st_size
+    outcome.duration_ms = int((time.perf_counter() - started) * 1000)
+    return outcome
+
+
+def _apply_rules(contract: Contract, batch: ParsedBatch, rejects: RejectsWriter):
+    """Write the batch's parse rejects and rule failures; the accepted rows or None if none."""
+    failures = check_rules(contract, batch.columns, batch.ops)
+    found = list(batch.rejects)
+    if batch.columns.num_rows and failures.reasons:
+        lines = batch.lines.to_numpy()
+        for idx, (field_name, reason) in failures.reasons.items():
+            line = int(lines[idx])
+            found.append(Reject(line, batch.raw_line(line), field_name, reason))
+    batch.rejects = found
+    rejects.write(found)
+    if batch.columns.num_rows == 0 or failures.bad.all():
+        return None
+    if not failures.reasons:
+        return batch.columns, batch.lines, batch.ops, batch.change_ts, batch.change_seq
+    keep = pa.array(~failures.bad)
+    return (
+        batch.columns.filter(keep),
+        pc.filter(batch.lines, keep),
+        _take(batch.ops, keep),
+        _take(batch.change_ts, keep),
+        _take(batch.change_seq, keep),
+    )

@@ -1,0 +1,180 @@
+"""Batch CSV extracts: header check against the contract, then each chunk parsed either by the
+typed pyarrow reader (fast path) or, if that refuses the chunk, line by line (slow path) so only
+the offending rows are rejected.
+
+Every record must sit on one line (no newlines inside quoted values): that is what lets a chunk
+be parsed on its own and a row be traced back to its line. Blank lines are skipped, not counted.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from datamaster_assets.contracts import Column, Contract
+from datamaster_assets.ingest.batch import ParsedBatch, Reject
+from datamaster_assets.ingest.errors import BadInputError
+from datamaster_assets.ingest.stream import Chunk
+from datamaster_assets.ingest.values import (
+    ValueRejected,
+    build_bronze_array,
+    converter_for,
+    source_type,
+    to_bronze_column,
+)
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class CsvLayout:
+    header: list[str]  # column names as the file has them, in file order
+    present: list[Column]  # contract columns found in the header
+    missing_nullable: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.extra:
+            out.append(f"extra columns ignored: {', '.join(self.extra)}")
+        if self.missing_nullable:
+            out.append(f"nullable columns missing from the file, loaded as null: {', '.join(self.missing_nullable)}")
+        return out
+
+
+def split_header(first: Chunk, contract: Contract, source_key: str) -> tuple[CsvLayout, Chunk]:
+    """Read the header line off the first chunk; check it against the contract.
+
+    Missing required columns make the whole file bad input; missing nullable columns are loaded
+    as null; extra columns are ignored. Both are reported in the layout's notes.
+    """
+    end = first.data.find(b"\n")
+    raw_header = first.data if end < 0 else first.data[:end]
+    raw_header = raw_header.removeprefix(UTF8_BOM).rstrip(b"\r")
+    try:
+        text = raw_header.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(source_key, f"header is not valid UTF-8 (byte {exc.start})", line=1) from exc
+    if not text.strip():
+        raise BadInputError(source_key, "first line is empty, expected a CSV header", line=1)
+    header = [name.strip() for name in next(csv.reader([text]))]
+    dupes = sorted({n for n in header if header.count(n) > 1})
+    if dupes:
+        raise BadInputError(source_key, f"duplicate header columns {dupes}", line=1)
+    names = set(header)
+    missing = [c for c in contract.columns if c.name not in names]
+    required = [c.name for c in missing if not c.nullable]
+    if required:
+        raise BadInputError(
+            source_key,
+            f"required columns missing from the header: {', '.join(required)} (header: {', '.join(header)})",
+            line=1,
+            field=required[0],
+        )
+    layout = CsvLayout(
+        header=header,
+        present=[c for c in contract.columns if c.name in names],
+        missing_nullable=[c.name for c in missing],
+        extra=[n for n in header if n not in set(contract.column_names)],
+    )
+    rest = b"" if end < 0 else first.data[end + 1 :]
+    return layout, Chunk(rest, first.first_line + 1, max(first.line_count - 1, 0))
+
+
+def contract_columns_schema(contract: Contract) -> pa.Schema:
+    """The contract columns as bronze carries them: bronze types, all nullable."""
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in contract.columns])
+
+
+def _line_numbers(first: int, n: int) -> pa.Array:
+    return pa.array(np.arange(first, first + n, dtype=np.int64))
+
+
+def _assemble(contract: Contract, n: int, typed: dict[str, pa.Array]) -> pa.Table:
+    arrays = [typed[c.name] if c.name in typed else pa.nulls(n, c.arrow_type) for c in contract.columns]
+    return pa.Table.from_arrays(arrays, schema=contract_columns_schema(contract))
+
+
+class CsvReader:
+    def __init__(self, contract: Contract, layout: CsvLayout):
+        self.contract = contract
+        self.layout = layout
+        self._read_options = pacsv.ReadOptions(column_names=layout.header, use_threads=True, block_size=1 << 20)
+        self._parse_options = pacsv.ParseOptions(ignore_empty_lines=False)
+        self._convert_options = pacsv.ConvertOptions(
+            column_types={c.name: source_type(c) for c in layout.present},
+            include_columns=[c.name for c in layout.present],
+            null_values=[""],
+            strings_can_be_null=True,
+        )
+        positions = {name: i for i, name in enumerate(layout.header)}
+        self._plan = [(c, positions[c.name], converter_for(c, empty_is_null=True)) for c in layout.present]
+
+    def parse(self, chunk: Chunk) -> ParsedBatch:
+        return self.parse_fast(chunk) or self.parse_slow(chunk)
+
+    def parse_fast(self, chunk: Chunk) -> ParsedBatch | None:
+        data = chunk.data
+        if not data or b"\n\n" in data or b"\n\r\n" in data or data[:1] in (b"\n", b"\r"):
+            return None  # blank lines: the slow path skips them and keeps line numbers right
+        try:
+            parsed = pacsv.read_csv(
+                pa.py_buffer(data),
+                read_options=self._read_options,
+                parse_options=self._parse_options,
+                convert_options=self._convert_options,
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+            return None
+        n = parsed.num_rows
+        if n != chunk.line_count:
+            return None
+        typed = {}
+        for col in self.layout.present:
+            values, unrepresentable = to_bronze_column(col, parsed.column(col.name))
+            if unrepresentable is not None:
+                return None
+            typed[col.name] = values
+        return ParsedBatch(chunk, _assemble(self.contract, n, typed), _line_numbers(chunk.first_line, n))
+
+    def parse_slow(self, chunk: Chunk) -> ParsedBatch:
+        width = len(self.layout.header)
+        values: dict[str, list] = {c.name: [] for c in self.layout.present}
+        lines: list[int] = []
+        rejects: list[Reject] = []
+        for offset, raw in enumerate(chunk.lines()):
+            line = chunk.first_line + offset
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                rejects.append(Reject(line, raw, None, f"invalid UTF-8 at byte {exc.start}"))
+                continue
+            try:
+                fields = next(csv.reader([text], strict=True))
+            except csv.Error as exc:
+                rejects.append(Reject(line, raw, None, f"malformed CSV: {exc}"))
+                continue
+            if len(fields) != width:
+                rejects.append(Reject(line, raw, None, f"expected {width} fields, found {len(fields)}"))
+                continue
+            row = []
+            try:
+                for col, pos, convert in self._plan:
+                    row.append(convert(fields[pos]))
+            except ValueRejected as exc:
+                rejects.append(Reject(line, raw, col.name, f"{col.name}: {exc}"))
+                continue
+            for (col, _, _), value in zip(self._plan, row):
+                values[col.name].append(value)
+            lines.append(line)
+        n = len(lines)
+        typed = {c.name: build_bronze_array(c, values[c.name]) for c in self.layout.present}
+        return ParsedBatch(
+            chunk, _assemble(self.contract, n, typed), pa.array(lines, pa.int64()), rejects=rejects, fast=False
+        )

@@ -1,0 +1,184 @@
+"""Raw bytes -> decompressed, newline-aligned chunks, produced on a background thread.
+
+Inflate (ISA-L through ``isal``, which releases the GIL) runs on the producer thread while the
+consumer parses the previous chunk, so decompression overlaps parsing. Chunks end on a line
+boundary (the last one may lack its newline) and carry the physical number of their first line.
+At most ``queue_depth`` chunks wait in the queue, so memory is bounded by chunk size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from isal import igzip, isal_zlib
+
+from datamaster_assets.ingest.errors import BadInputError
+
+GZIP_MAGIC = b"\x1f\x8b"
+# A line longer than this cannot be a record of any contract; refuse instead of buffering it.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes  # whole lines, newline-terminated except possibly the file's last line
+    first_line: int  # physical 1-based line number of the first line in ``data``
+    line_count: int
+
+    def lines(self) -> list[bytes]:
+        """The chunk's lines without their terminators ("\\n" or "\\r\\n")."""
+        out = self.data.split(b"\n")
+        if out and out[-1] == b"":
+            out.pop()
+        return [line[:-1] if line.endswith(b"\r") else line for line in out]
+
+
+class _Prefixed:
+    """A reader that returns ``prefix`` first, then the rest of ``stream`` (undoes a peek)."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO):
+        self._prefix = prefix
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            head, self._prefix = self._prefix, b""
+            if size is None or size < 0:
+                return head + self._stream.read()
+            if size <= len(head):
+                self._prefix = head[size:]
+                return head[:size]
+            return head + self._stream.read(size - len(head))
+        return self._stream.read(size)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def open_decompressed(source: Path | BinaryIO, source_key: str) -> tuple[BinaryIO, list[BinaryIO]]:
+    """(decompressed reader, handles to close). gzip is detected from the key's ``.gz`` suffix and
+    verified by the magic bytes; an empty or non-gzip ``.gz`` object is bad input."""
+    handles: list[BinaryIO] = []
+    raw: BinaryIO = Path(source).open("rb") if isinstance(source, (str, Path)) else source
+    if isinstance(source, (str, Path)):
+        handles.append(raw)
+    head = raw.read(2)
+    if not head:
+        raise BadInputError(source_key, "empty file (0 bytes)")
+    stream: BinaryIO = _Prefixed(head, raw)  # type: ignore[assignment]
+    if source_key.lower().endswith(".gz") or head == GZIP_MAGIC:
+        if head != GZIP_MAGIC:
+            raise BadInputError(source_key, f"not a gzip file (starts with {head!r}, expected {GZIP_MAGIC!r})")
+        stream = igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+        handles.append(stream)
+    return stream, handles
+
+
+FIRST_READ_BYTES = 64 * 1024
+
+
+def _read(stream: BinaryIO, size: int, source_key: str, next_line: int) -> bytes:
+    try:
+        return stream.read(size)
+    except EOFError as exc:
+        raise BadInputError(source_key, f"truncated gzip stream ({exc}) after line {next_line - 1}") from exc
+    except (OSError, ValueError, isal_zlib.error) as exc:  # BadGzipFile, CRC and inflate errors
+        raise BadInputError(source_key, f"corrupt gzip stream ({exc}) after line {next_line - 1}") from exc
+
+
+def _read_chunks(stream: BinaryIO, source_key: str, batch_lines: int) -> Iterator[Chunk]:
+    """Chunks of about ``batch_lines`` lines: the mean line length measured on the first 64 KiB
+    turns the line target into a byte target, so no per-line scanning is needed."""
+    buf = b""
+    next_line = 1
+    target: int | None = None
+    eof = False
+    while not eof:
+        block = _read(stream, FIRST_READ_BYTES if target is None else target, source_key, next_line)
+        if block:
+            buf = buf + block if buf else block
+        else:
+            eof = True
+        if target is None:
+            newlines = buf.count(b"\n")
+            if not newlines and not eof:
+                if len(buf) > MAX_LINE_BYTES:
+                    raise BadInputError(source_key, f"line longer than {MAX_LINE_BYTES} bytes", line=next_line)
+                continue
+            target = max(1, int(batch_lines * len(buf) / max(newlines, 1)))
+        while buf and (len(buf) >= target or eof):
+            if eof and len(buf) <= target:
+                cut = len(buf) - 1
+            else:
+                cut = buf.rfind(b"\n", 0, target)
+                if cut < 0:
+                    cut = buf.find(b"\n", target)
+                if cut < 0:
+                    if not eof:
+                        if len(buf) > MAX_LINE_BYTES:
+                            raise BadInputError(source_key, f"line longer than {MAX_LINE_BYTES} bytes", line=next_line)
+                        break
+                    cut = len(buf) - 1
+            piece, buf = buf[: cut + 1], buf[cut + 1 :]
+            lines = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
+            yield Chunk(piece, next_line, lines)
+            next_line += lines
+
+
+_DONE = object()
+
+
+def iter_chunks(
+    source: Path | BinaryIO, source_key: str, batch_lines: int, queue_depth: int = 1
+) -> Iterator[Chunk]:
+    """Decompressed, line-aligned chunks of ``source``, read ahead on a background thread."""
+    stream, handles = open_decompressed(source, source_key)
+    chunks: queue.Queue = queue.Queue(maxsize=queue_depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in _read_chunks(stream, source_key, batch_lines):
+                while not stop.is_set():
+                    try:
+                        chunks.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            chunks.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            chunks.put(exc)
+
+    producer = threading.Thread(target=produce, name=f"inflate:{source_key}", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = chunks.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while producer.is_alive():
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.05)
+        for handle in reversed(handles):
+            handle.close()

@@ -1,0 +1,179 @@
+"""Column typing from the contract: the types parsers read, and row-by-row conversion for the
+slow path (rows of a batch the vectorised reader refused).
+
+A timestamp is read in its source form (epoch seconds as int64, ISO 8601 as a timestamp) and turned
+into the bronze type, timestamp[us, UTC], by :func:`to_bronze_column`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, timezone
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datamaster_assets.contracts import Column
+
+TIMESTAMP_US_UTC = pa.timestamp("us", tz="UTC")
+# Epoch seconds beyond this overflow int64 microseconds.
+MAX_EPOCH_SECONDS = (2**63 - 1) // 1_000_000
+
+
+class ValueRejected(ValueError):
+    """One value cannot be converted to its column's type; the message is the reason."""
+
+
+def source_type(column: Column) -> pa.DataType:
+    """The Arrow type a reader should parse the raw value as."""
+    if column.type == "timestamp" and column.source_format == "epoch_seconds":
+        return pa.int64()
+    return column.arrow_type
+
+
+def to_bronze_column(column: Column, values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array | None]:
+    """Source-typed values -> bronze-typed values, plus a mask of rows whose value cannot be
+    represented (None if all can)."""
+    if column.type == "timestamp" and column.source_format == "epoch_seconds":
+        out_of_range = pc.greater(pc.abs(values), MAX_EPOCH_SECONDS)
+        if pc.any(out_of_range).as_py():
+            values = pc.if_else(out_of_range, None, values)
+        else:
+            out_of_range = None
+        micros = pc.multiply(values, 1_000_000)
+        return micros.cast(TIMESTAMP_US_UTC), out_of_range
+    return values, None
+
+
+def _fmt(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _to_int(value: Any) -> int:
+    if _is_number(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueRejected(f"{_fmt(value)} is not an integer")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueRejected(f"{_fmt(value)} is not an integer")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueRejected(f"{_fmt(value)} is not an integer")
+
+
+def _to_float(value: Any) -> float:
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ValueRejected(f"{_fmt(value)} is not a number")
+
+
+def _to_string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if _is_number(value) or isinstance(value, bool):
+        return str(value)
+    raise ValueRejected(f"{_fmt(value)} is not a string")
+
+
+_TRUE = {"true", "t", "1", "yes", "y"}
+_FALSE = {"false", "f", "0", "no", "n"}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, str)):
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueRejected(f"{_fmt(value)} is not a boolean")
+
+
+def _to_date(value: Any) -> date:
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueRejected(f"{_fmt(value)} is not an ISO 8601 date")
+
+
+def _epoch_micros(value: Any) -> int:
+    """Epoch seconds (int, float or numeric string) -> integer microseconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds: float = value
+    else:
+        seconds = _to_float(value)
+        if not math.isfinite(seconds):
+            raise ValueRejected(f"{_fmt(value)} is not a finite epoch time")
+    if abs(seconds) > MAX_EPOCH_SECONDS:
+        raise ValueRejected(f"{_fmt(value)} is out of range for epoch seconds")
+    return value * 1_000_000 if isinstance(seconds, int) else round(seconds * 1_000_000)
+
+
+def iso_timestamp(value: Any) -> datetime:
+    """ISO 8601 text -> aware datetime (naive text is taken as UTC). Raises ValueRejected."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise ValueRejected(f"{_fmt(value)} is not an ISO 8601 timestamp")
+
+
+def _to_int32(value: Any) -> int:
+    out = _to_int(value)
+    if not -(2**31) <= out < 2**31:
+        raise ValueRejected(f"{out} is out of range for int32")
+    return out
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "int64": _to_int,
+    "int32": _to_int32,
+    "float64": _to_float,
+    "string": _to_string,
+    "bool": _to_bool,
+    "date": _to_date,
+}
+
+
+def converter_for(column: Column, *, empty_is_null: bool) -> Callable[[Any], Any]:
+    """raw value -> Python value for :func:`build_bronze_array` (None for null).
+    Raises ValueRejected with the reason."""
+    if column.type == "timestamp":
+        base = _epoch_micros if column.source_format == "epoch_seconds" else iso_timestamp
+    else:
+        base = _CONVERTERS[column.type]
+
+    def convert(value: Any) -> Any:
+        if value is None or (empty_is_null and value == ""):
+            return None
+        return base(value)
+
+    return convert
+
+
+def build_bronze_array(column: Column, values: list[Any]) -> pa.Array:
+    """Values from :func:`converter_for` -> an Arrow array of the column's bronze type."""
+    if column.type == "timestamp" and column.source_format == "epoch_seconds":
+        return pa.array(values, pa.int64()).cast(TIMESTAMP_US_UTC)
+    return pa.array(values, column.arrow_type)
