@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
@@ -166,7 +167,9 @@ def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatR
             step = time.perf_counter()
             properties = {PROP_AFFECTED_MONTHS: encode_months(diff.gold_months), PROP_BUILT_AT: now.isoformat()}
             try:
-                table.overwrite(new, snapshot_properties=properties)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+                    table.overwrite(new, snapshot_properties=properties)
             except CommitFailedException:
                 if attempt == COMMIT_ATTEMPTS:
                     raise
@@ -285,7 +288,10 @@ def overwrite_months(table, rows: pa.Table, months: set[Month] | None, propertie
     delete_filter = AlwaysTrue() if months is None else month_filter(months)
     with table.transaction() as txn:
         if table.current_snapshot() is not None:
-            txn.delete(delete_filter, snapshot_properties=properties)
+            with warnings.catch_warnings():
+                # A month new to the mart has nothing to delete; that is expected, not a problem.
+                warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+                txn.delete(delete_filter, snapshot_properties=properties)
         files = _month_data_files(txn, table, rows)
         with txn.update_snapshot(snapshot_properties=properties).fast_append() as append:
             for data_file in files:

@@ -1,0 +1,196 @@
+"""build_review_flat_table / refresh_gold on a real local Iceberg catalog (SqlCatalog + file warehouse)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from datamaster_assets.lake.catalog import load_or_create_table, table_identifier
+from datamaster_assets.lake.factory import open_lake
+from datamaster_assets.settings import Settings
+from datamaster_assets.transform.gold import MARTS, check_totals_reconcile, compute_marts
+from datamaster_assets.workers.gold import (
+    GoldInputMissing,
+    build_review_flat_table,
+    decode_months,
+    encode_months,
+    refresh_gold,
+)
+from tests.unit.gold_data import review_rows, silver_set, utc
+
+NOW = datetime(2024, 3, 1, tzinfo=timezone.utc)
+ALL_MONTHS = [(2010, 1), (2010, 2), (2011, 7)]
+
+
+@pytest.fixture
+def lake(tmp_path: Path):
+    return open_lake(Settings(home=tmp_path / "home"))
+
+
+def write_silver(lake, tables: dict[str, pa.Table]) -> None:
+    for name, table in tables.items():
+        iceberg = load_or_create_table(lake.catalog, table_identifier(lake.settings, "silver", name), table.schema)
+        iceberg.overwrite(table)
+
+
+def gold(lake, name: str) -> pa.Table:
+    table = lake.catalog.load_table(table_identifier(lake.settings, "gold", name)).scan().to_arrow()
+    return table.sort_by([(c, "ascending") for c in ("review_year", "review_month", *MARTS[name].grain)])
+
+
+def snapshot_ids(lake) -> dict[str, int]:
+    return {
+        name: lake.catalog.load_table(table_identifier(lake.settings, "gold", name)).current_snapshot().snapshot_id
+        for name in MARTS
+    }
+
+
+def expected_gold(tables: dict[str, pa.Table]) -> dict[str, list[dict]]:
+    from datamaster_assets.transform.review_flat import build_review_flat
+
+    flat = build_review_flat(tables["review"], tables["beer"], tables["brewery"], tables["profile"])
+    out = {}
+    for name, table in compute_marts(flat).items():
+        out[name] = table.sort_by([(c, "ascending") for c in ("review_year", "review_month", *MARTS[name].grain)]).to_pylist()
+    return out
+
+
+def with_review(rows: list[dict], review_id: int, **changes) -> list[dict]:
+    return [dict(r, **changes) if r["review_id"] == review_id else r for r in rows]
+
+
+def build_and_refresh(lake, rows):
+    tables = silver_set(rows)
+    write_silver(lake, tables)
+    flat = build_review_flat_table(lake, now=NOW)
+    return tables, flat, refresh_gold(lake, now=NOW)
+
+
+def assert_gold_matches(lake, tables):
+    expected = expected_gold(tables)
+    for name in MARTS:
+        assert gold(lake, name).to_pylist() == expected[name], name
+
+
+def test_first_build_writes_everything(lake):
+    tables, flat, result = build_and_refresh(lake, review_rows())
+    assert flat.written and flat.affected_months == ALL_MONTHS
+    assert flat.row_count == len(review_rows()) - 1  # one deleted review
+    assert flat.metadata["dagster/row_count"] == flat.row_count
+    assert set(result.marts) == set(MARTS)
+    for name, mart in result.marts.items():
+        assert mart.status == "rebuilt"
+        assert mart.source_snapshot_id == flat.snapshot_id
+        assert mart.metadata["dagster/row_count"] == mart.row_count == len(gold(lake, name))
+    assert "Alpha IPA" in result.marts["top_beers_by_rating"].metadata["preview"]
+    assert_gold_matches(lake, tables)
+    # One Parquet file per month partition, holding only that month's rows.
+    files = lake.catalog.load_table(table_identifier(lake.settings, "gold", "top_drinkers")).inspect.files().to_pylist()
+    assert sorted((f["partition"]["review_year"], f["partition"]["review_month"]) for f in files) == ALL_MONTHS
+    reconciled = check_totals_reconcile(MARTS["top_beers_by_rating"], gold(lake, "top_beers_by_rating"),
+                                        lake.catalog.load_table("silver.review_flat").scan().to_arrow())
+    assert reconciled.passed
+
+
+def test_running_twice_changes_nothing(lake):
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    before = {name: gold(lake, name) for name in MARTS}
+    ids = snapshot_ids(lake)
+    flat_snapshot = lake.catalog.load_table("silver.review_flat").current_snapshot().snapshot_id
+
+    again = build_review_flat_table(lake, now=NOW)
+    assert not again.written and again.affected_months == [] and again.snapshot_id == flat_snapshot
+    result = refresh_gold(lake, now=NOW)
+    assert {m.status for m in result.marts.values()} == {"up-to-date"}
+    assert snapshot_ids(lake) == ids
+    for name in MARTS:
+        assert gold(lake, name).equals(before[name])
+
+
+def test_score_change_recomputes_only_its_month(lake):
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    drinkers = lake.catalog.load_table("gold.top_drinkers")
+    untouched = {f["file_path"] for f in drinkers.inspect.files().to_pylist() if f["partition"]["review_month"] == 1}
+
+    tables, flat, result = build_and_refresh(lake, with_review(rows, 60, review_overall=0.0))
+    assert flat.affected_months == [(2010, 2)]
+    assert (flat.rows_changed, flat.rows_added, flat.rows_removed) == (1, 0, 0)
+    for mart in result.marts.values():
+        assert mart.status == "refreshed" and mart.affected_months == [(2010, 2)]
+    assert_gold_matches(lake, tables)
+    after = {f["file_path"] for f in drinkers.refresh().inspect.files().to_pylist()}
+    assert untouched <= after  # other months' files were not rewritten
+
+
+def test_moved_review_recomputes_both_months(lake):
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    tables, flat, result = build_and_refresh(lake, with_review(rows, 60, review_time=utc(2009, 12)))
+    assert flat.affected_months == [(2009, 12), (2010, 2)]
+    assert result.marts["state_by_review_volume"].affected_months == [(2009, 12), (2010, 2)]
+    assert_gold_matches(lake, tables)
+    months = {(r["review_year"], r["review_month"]) for r in gold(lake, "top_drinkers").to_pylist()}
+    assert months == {(2009, 12), *ALL_MONTHS}
+
+
+def test_deleting_the_only_review_of_a_month_removes_its_gold_rows(lake):
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    assert (2011, 7) in {(r["review_year"], r["review_month"]) for r in gold(lake, "top_drinkers").to_pylist()}
+    tables, flat, result = build_and_refresh(lake, with_review(rows, len(rows), deleted=True))
+    assert flat.affected_months == [(2011, 7)] and flat.rows_removed == 1
+    for name in MARTS:
+        assert (2011, 7) not in {(r["review_year"], r["review_month"]) for r in gold(lake, name).to_pylist()}
+    assert_gold_matches(lake, tables)
+
+
+def test_changes_accumulate_until_gold_is_refreshed(lake):
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    step1 = with_review(rows, 1, review_overall=5.0)
+    write_silver(lake, silver_set(step1))
+    assert build_review_flat_table(lake, now=NOW).affected_months == [(2010, 1)]
+    step2 = with_review(step1, len(rows), review_overall=4.5)
+    tables = silver_set(step2)
+    write_silver(lake, tables)
+    assert build_review_flat_table(lake, now=NOW).affected_months == [(2011, 7)]
+    result = refresh_gold(lake, ["top_drinkers"], now=NOW)
+    assert list(result.marts) == ["top_drinkers"]
+    assert result.marts["top_drinkers"].affected_months == [(2010, 1), (2011, 7)]
+    assert gold(lake, "top_drinkers").to_pylist() == expected_gold(tables)["top_drinkers"]
+
+
+def test_non_gold_change_rewrites_flat_but_not_gold(lake):
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    ids = snapshot_ids(lake)
+    tables, flat, result = build_and_refresh(lake, with_review(rows, 5, review_aroma=1.0))
+    assert flat.written and flat.rows_changed == 1 and flat.affected_months == []
+    assert {m.status for m in result.marts.values()} == {"up-to-date"}
+    assert snapshot_ids(lake) == ids
+    # and a later real change is still picked up through the skipped snapshot
+    tables, flat, result = build_and_refresh(lake, with_review(with_review(rows, 5, review_aroma=1.0), 1,
+                                                                review_overall=0.5))
+    assert result.marts["top_drinkers"].affected_months == [(2010, 1)]
+    assert_gold_matches(lake, tables)
+
+
+def test_missing_inputs_are_named(lake):
+    with pytest.raises(GoldInputMissing, match="silver.review does not exist"):
+        build_review_flat_table(lake)
+    with pytest.raises(GoldInputMissing, match="silver.review_flat does not exist"):
+        refresh_gold(lake)
+    with pytest.raises(KeyError, match="unknown gold mart"):
+        refresh_gold(lake, ["top_wines"])
+
+
+def test_month_encoding_round_trips():
+    months = {(2010, 1), (1999, 12), (2011, 7)}
+    assert encode_months(months) == "199912,201001,201107"
+    assert decode_months(encode_months(months)) == months
+    assert decode_months("") == set()
