@@ -77,12 +77,16 @@ def _bronze_relation(con: duckdb.DuckDBPyConnection, lake: "Lake", name: str, vi
     prefix = f"bronze/{name}/"
     local_root = lake.store.local_path(f"bronze/{name}")
     if local_root is not None:
-        if not local_root.is_dir() or next(local_root.rglob("*.parquet"), None) is None:
+        first = next(local_root.rglob("*.parquet"), None) if local_root.is_dir() else None
+        if first is None:
             raise QueryError(f"bronze.{name}: no Parquet files under {prefix}")
         pattern = str(local_root / "**" / "*.parquet").replace("'", "''")
+        # Zero-padded values (month=01) are not auto-cast: type the partition columns explicitly.
+        partitions = _hive_values(first.relative_to(local_root).as_posix())
+        hive_types = "{" + ", ".join(f"'{c}': 'BIGINT'" for c in partitions) + "}"
         con.execute(
             f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, "
-            "union_by_name = true)"
+            f"union_by_name = true{', hive_types = ' + hive_types if partitions else ''})"
         )
         return
     # No local path (S3): read each object through the store. DuckDB's httpfs would read s3:// directly
@@ -99,8 +103,8 @@ def _bronze_relation(con: duckdb.DuckDBPyConnection, lake: "Lake", name: str, vi
         pieces.append(piece)
     if not pieces:
         raise QueryError(f"bronze.{name}: no Parquet files under {prefix}")
-    con.register(f"{view}_arrow", pa.concat_tables(pieces, promote_options="default"))
-    con.execute(f"CREATE VIEW {view} AS SELECT * FROM {view}_arrow")
+    con.register(f"__bronze__{name}", pa.concat_tables(pieces, promote_options="default"))
+    con.execute(f"CREATE VIEW {view} AS SELECT * FROM __bronze__{name}")
 
 
 def run_query(lake: "Lake", sql: str) -> pa.Table:
