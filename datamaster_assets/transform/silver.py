@@ -136,28 +136,54 @@ def _keys_unique(table: pa.Table, key: tuple[str, ...]) -> bool:
     return pc.count_distinct(column).as_py() == table.num_rows
 
 
-def first_and_last_per_key(changes: pa.Table, key: tuple[str, ...]) -> tuple[pa.Array, pa.Array]:
-    """Row numbers of the first and of the last change of every key in CHANGE_ORDER (aligned:
-    element i of both belongs to the same key)."""
+@dataclass(frozen=True)
+class KeyHistory:
+    """Per key with several changes in a batch (keys in ascending order), row numbers into the
+    batch of: its last change, its first and last upsert, and the first delete of its trailing
+    run of deletes (the delete that ended the row's life). -1 where there is none."""
+
+    last: np.ndarray
+    first_upsert: np.ndarray
+    last_upsert: np.ndarray
+    trailing_delete: np.ndarray
+
+
+def key_history(changes: pa.Table, key: tuple[str, ...], is_upsert: np.ndarray) -> KeyHistory:
     n = changes.num_rows
-    if _keys_unique(changes, key):
-        every = pa.array(np.arange(n))
-        return every, every
     sort_keys = [(k, "ascending") for k in key] + [(c, "ascending") for c in CHANGE_ORDER]
-    order = pc.sort_indices(changes, sort_keys=sort_keys)
-    boundary = None  # boundary[i]: row i and row i+1 (in sorted order) hold different keys
+    order = pc.sort_indices(changes, sort_keys=sort_keys).to_numpy().astype(np.int64)
+    starts_mask = np.zeros(n, dtype=bool)
+    starts_mask[:1] = True
     for k in key:
         col = changes[k].take(order).combine_chunks()
-        differs = pc.not_equal(col.slice(0, n - 1), col.slice(1))
-        boundary = differs if boundary is None else pc.or_(boundary, differs)
-    last = order.filter(pa.concat_arrays([boundary, pa.array([True])]))
-    first = order.filter(pa.concat_arrays([pa.array([True]), boundary]))
-    return first, last
+        starts_mask[1:] |= _bools(pc.not_equal(col.slice(0, n - 1), col.slice(1)))
+    starts = np.flatnonzero(starts_mask)
+    idx = np.arange(n)
+    up = is_upsert[order]
+    ends = np.r_[starts[1:], n] - 1
+    first_up = np.minimum.reduceat(np.where(up, idx, n), starts)
+    last_up = np.maximum.reduceat(np.where(up, idx, -1), starts)
+    prev_up = np.r_[False, up[:-1]]
+    delete_run_start = ~up & (starts_mask | prev_up)
+    trailing = np.maximum.reduceat(np.where(delete_run_start, idx, -1), starts)
+
+    def rows(sorted_pos: np.ndarray) -> np.ndarray:
+        valid = (sorted_pos >= 0) & (sorted_pos < n)
+        return np.where(valid, order[np.clip(sorted_pos, 0, n - 1)], -1)
+
+    return KeyHistory(order[ends], rows(first_up), rows(last_up), rows(trailing))
 
 
 def latest_change_per_key(changes: pa.Table, key: tuple[str, ...]) -> pa.Table:
     """The last change of every key in CHANGE_ORDER (input rows in any order)."""
-    return changes.take(first_and_last_per_key(changes, key)[1])
+    if _keys_unique(changes, key):
+        return changes
+    is_upsert = _bools(pc.not_equal(changes["_op"], "delete"))
+    return changes.take(key_history(changes, key, is_upsert).last)
+
+
+def _nullable_rows(rows: np.ndarray) -> pa.Array:
+    return pa.array(np.where(rows < 0, 0, rows), mask=rows < 0)
 
 
 def _positions(target: pa.Table, probe: pa.Table, key: tuple[str, ...]) -> pa.Array:
@@ -223,24 +249,18 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
         fresh_pos = pa.nulls(fresh.num_rows, pa.int32())
         fresh_rows = np.arange(fresh.num_rows)
 
-    # 2. The final change per key decides the row's state; the key's earlier upserts in this batch
-    #    give created_at (first one) and, when the final change is a delete, the values (last one).
-    fresh_upsert = _array(pc.not_equal(fresh["_op"], "delete"))
+    # 2. The final change per key decides the row's state. With several changes to a key in this
+    #    batch, its first upsert gives created_at and, when the final change is a delete, its last
+    #    upsert gives the values and the delete that ended the run gives deleted_at.
     if _keys_unique(fresh, key):
+        history = None  # every key changes once: its final change is its only one
         latest, pos, latest_rows = fresh, fresh_pos, fresh_rows
         first_upsert_ts = fresh["_change_ts"]  # only read for upserts
-        prior = None  # no key has an upsert before its final change
     else:
-        _, last = first_and_last_per_key(fresh, key)
-        latest, pos = fresh.take(last).combine_chunks(), fresh_pos.take(last)
-        latest_rows = fresh_rows[last.to_numpy()]
-        upserts = fresh.filter(fresh_upsert)
-        ufirst, ulast = first_and_last_per_key(upserts, key)
-        last_upserts = upserts.take(ulast)
-        upos = _positions(last_upserts, latest, key)
-        first_upsert_ts = _array(upserts["_change_ts"].take(ufirst).take(upos))
-        prior = last_upserts.take(upos).combine_chunks()  # null rows where the key had none
-        prior = prior.append_column("_has_prior", pc.is_valid(upos))
+        history = key_history(fresh, key, _bools(pc.not_equal(fresh["_op"], "delete")))
+        latest, pos = fresh.take(history.last).combine_chunks(), fresh_pos.take(history.last)
+        latest_rows = fresh_rows[history.last]
+        first_upsert_ts = _array(fresh["_change_ts"].take(_nullable_rows(history.first_upsert)))
 
     is_delete = _array(pc.equal(latest["_op"], "delete"))
     n_delete = _sum(is_delete)
@@ -260,24 +280,31 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
     written_up = _table(up_columns, schema)
 
     # 3b. Final deletes keep the most recent values known: this batch's last upsert of the key,
-    #     else the stored row, else (a tombstone) whatever the delete itself carried.
+    #     else the stored row, else (a tombstone) whatever the ending delete itself carried.
     dl = _where(latest, is_delete, n_delete)
+    if history is None:
+        dl_end, dl_prior = dl, None
+    else:
+        dl_mask = _bools(is_delete)
+        dl_end = fresh.take(_nullable_rows(history.trailing_delete[dl_mask])).combine_chunks()
+        last_upsert = history.last_upsert[dl_mask]
+        dl_prior = fresh.take(_nullable_rows(last_upsert)).combine_chunks()  # null rows: no upsert
+        dl_prior = dl_prior.append_column("_has_prior", pa.array(last_upsert >= 0))
     dl_pos = _where(pos, is_delete, n_delete)
     dl_stored = current.take(dl_pos).combine_chunks()
     dl_has_stored = pc.is_valid(dl_pos)
     dl_stored_deleted = pc.is_valid(dl_stored["deleted_at"])
-    dl_prior = None if prior is None else _where(prior, is_delete, n_delete)
     dl_had_prior = pa.array(np.zeros(dl.num_rows, bool)) if dl_prior is None else dl_prior["_has_prior"]
     dl_columns = {}
     for c in contract.column_names:
-        values = pc.if_else(dl_has_stored, dl_stored[c], dl[c])
+        values = pc.if_else(dl_has_stored, dl_stored[c], dl_end[c])
         dl_columns[c] = values if dl_prior is None else pc.if_else(dl_had_prior, dl_prior[c], values)
     # Only the watermark moves when an already-deleted row is deleted again.
     stays_deleted = _and(dl_stored_deleted, pc.invert(dl_had_prior))
     dl_first_ts = _where(first_upsert_ts, is_delete, n_delete) if dl_prior is not None else pa.nulls(dl.num_rows, TIMESTAMP)
     dl_columns["created_at"] = pc.coalesce(dl_stored["created_at"], _array(dl_first_ts))
-    dl_columns["updated_at"] = pc.if_else(stays_deleted, dl_stored["updated_at"], dl["_change_ts"])
-    dl_columns["deleted_at"] = pc.if_else(stays_deleted, dl_stored["deleted_at"], dl["_change_ts"])
+    dl_columns["updated_at"] = pc.if_else(stays_deleted, dl_stored["updated_at"], dl_end["_change_ts"])
+    dl_columns["deleted_at"] = pc.if_else(stays_deleted, dl_stored["deleted_at"], dl_end["_change_ts"])
     for c in WATERMARK_COLUMNS:
         dl_columns[c] = dl[c]
     written_dl = _table(dl_columns, schema)

@@ -50,3 +50,30 @@ def review_changes(
     }
     schema = contract.bronze_schema
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def at(seconds: float) -> datetime:
+    """A change time ``seconds`` after BASE_TS."""
+    from datetime import timedelta
+
+    return BASE_TS + timedelta(seconds=seconds)
+
+
+def bronze_table(table: str, changes: list[dict], *, source_key: str = "raw/t/file-a.json.gz") -> pa.Table:
+    """Bronze rows for ``table`` from compact dicts: contract columns plus ``op``, ``t`` (seconds
+    after BASE_TS), optional ``seq`` (default: t) and ``line`` (default: position in the list)."""
+    schema = get_contract(table).bronze_schema
+    rows = []
+    for i, change in enumerate(changes):
+        row = {k: v for k, v in change.items() if k not in ("op", "t", "seq", "line", "src")}
+        row.update(
+            _source_key=change.get("src", source_key),
+            _control_id="b-test",
+            _ingested_at=BASE_TS,
+            _op=change["op"],
+            _change_ts=at(change["t"]),
+            _change_seq=change.get("seq", int(change["t"])),
+            _source_line=change.get("line", i + 1),
+        )
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=schema)
