@@ -1,0 +1,119 @@
+"""The bronze worker end to end on a LocalObjectStore + SqliteLedger in tmp_path."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.parquet as pq
+import pytest
+
+from datamaster_assets.ingest.masking import hmac_hex
+from datamaster_assets.lake.factory import Lake
+from datamaster_assets.lake.ledger import Registration, Status
+from datamaster_assets.lake.objectstore import LocalObjectStore
+from datamaster_assets.lake.sqlite_ledger import SqliteLedger
+from datamaster_assets.settings import Settings
+
+NOW = datetime(2026, 11, 22, 4, 5, tzinfo=timezone.utc)
+HEADER = "review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,review_taste,review_time"
+
+
+@pytest.fixture
+def lake(tmp_path):
+    settings = Settings(home=tmp_path / "home", pii_key="worker-test-key", max_attempts=2)
+    store = LocalObjectStore(settings.objects_dir)
+    return Lake(settings=settings, raw=store, store=store, ledger=SqliteLedger(settings.ledger_path, max_attempts=2))
+
+
+def land(lake: Lake, table: str, name: str, payload: bytes, fmt: str) -> str:
+    key = f"raw/{table}/{name}"
+    info = lake.raw.put_bytes(key, payload)
+    item, _ = lake.ledger.register(
+        Registration(layer="bronze", table_name=table, object_key=key, checksum=info.etag, file_format=fmt, file_size=info.size),
+        now=NOW - timedelta(minutes=5),
+    )
+    return item.control_id
+
+
+def csv_payload(rows: int, bad_overall_at: int | None = None) -> bytes:
+    lines = [HEADER]
+    for i in range(1, rows + 1):
+        overall = "9" if i == bad_overall_at else "4.5"
+        lines.append(f"{i},{i},{i},{i},{overall},4,4,4,4,1073452775")
+    return gzip.compress(("\n".join(lines) + "\n").encode())
+
+
+def test_success_publishes_bronze_rejects_and_pending_silver_item(lake):
+    cid = land(lake, "review", "20261122T040000000000Z-r.csv.gz", csv_payload(10, bad_overall_at=4), "csv")
+    result = process_bronze_item_now(lake, cid)
+    assert result.status == "success"
+    assert (result.records_read, result.accepted, result.rejected) == (10, 9, 1)
+    assert result.output_key == "bronze/review/year=2026/month=11/day=22/20261122T040000000000Z-r.parquet"
+    assert result.rejects_key == "rejects/review/year=2026/month=11/day=22/20261122T040000000000Z-r.jsonl.gz"
+    table = pq.read_table(lake.store.local_path(result.output_key))
+    assert table.num_rows == 9 and 4 not in table.column("review_id").to_pylist()
+    rejected = [json.loads(x) for x in gzip.decompress(lake.store.read_bytes(result.rejects_key)).splitlines()]
+    assert [(r["line"], r["field"]) for r in rejected] == [(5, "review_overall")]
+
+    item = lake.ledger.get(cid)
+    assert item.status == Status.SUCCESS
+    assert (item.record_count, item.rejected_count, item.output_key) == (10, 1, result.output_key)
+    assert item.stats["accepted"] == 9 and item.stats["rejects_key"] == result.rejects_key
+
+    silver = lake.ledger.get(result.silver_control_id)
+    assert silver.layer == "silver" and silver.status == Status.PENDING
+    assert (silver.object_key, silver.checksum, silver.file_format, silver.record_count) == (
+        result.output_key, item.checksum, "parquet", 9)
+    assert silver.file_size == lake.store.head(result.output_key).size
+    assert result.metadata["dagster/row_count"] == 9 and result.metadata["rejected"] == 1
+
+
+def process_bronze_item_now(lake, cid, owner="w1"):
+    from datamaster_assets.workers.bronze import process_bronze_item
+
+    return process_bronze_item(lake, cid, owner=owner, now=NOW)
+
+
+def test_bad_file_is_quarantined_while_another_succeeds(lake):
+    bad = land(lake, "review", "bad.csv.gz", b"this is not gzip", "csv")
+    good = land(lake, "profile", "p.json.gz", gzip.compress(json.dumps(
+        {"data": {"profile_id": 1, "profile_name": "ann", "email": "ann@example.org"},
+         "metadata": {"operation": "insert", "timestamp": "2012-01-01T00:00:00Z", "record-type": "data"}}).encode()), "json")
+    results = [process_bronze_item_now(lake, cid) for cid in (bad, good)]
+    assert [r.status for r in results] == ["quarantined", "success"]
+    assert "raw/review/bad.csv.gz" in results[0].error_message and "not a gzip file" in results[0].error_message
+    item = lake.ledger.get(bad)
+    assert item.status == Status.QUARANTINED and item.attempt_count == 1
+    assert "not a gzip file" in item.error_message
+    table = pq.read_table(lake.store.local_path(results[1].output_key))
+    assert table.column("email").to_pylist() == [hmac_hex(b"worker-test-key", "ann") + "@example.org"]
+    assert results[1].rejects_key is None
+
+
+def test_missing_raw_object_is_retried_then_quarantined(lake):
+    cid = land(lake, "review", "gone.csv.gz", csv_payload(2), "csv")
+    lake.raw.delete("raw/review/gone.csv.gz")
+    first = process_bronze_item_now(lake, cid)
+    assert first.status == "error" and "not found" in first.error_message
+    second = process_bronze_item_now(lake, cid)
+    assert second.status == "quarantined"  # max_attempts=2
+
+
+def test_rerun_maps_to_same_outputs_and_claim_lost_is_skipped(lake):
+    cid = land(lake, "review", "r.csv.gz", csv_payload(3), "csv")
+    first = process_bronze_item_now(lake, cid)
+    again = process_bronze_item_now(lake, cid)  # already success: not claimable
+    assert again.status == "skipped" and again.table == "review"
+    lake.ledger.requeue([cid], statuses=[Status.SUCCESS])
+    rerun = process_bronze_item_now(lake, cid)
+    assert rerun.status == "success"
+    assert (rerun.output_key, rerun.silver_control_id) == (first.output_key, first.silver_control_id)
+    assert len([i for i in lake.ledger.items(layer="silver")]) == 1
+
+
+def test_unknown_format_is_quarantined(lake):
+    cid = land(lake, "review", "r.parquet", b"PAR1", "unknown")
+    result = process_bronze_item_now(lake, cid)
+    assert result.status == "quarantined" and "unknown file format" in result.error_message

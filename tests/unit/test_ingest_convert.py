@@ -1,0 +1,252 @@
+"""raw -> bronze conversion: readers, typing, rules, rejects, lineage, CDC forms, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from datamaster_assets.contracts import get_contract
+from datamaster_assets.ingest.convert import convert_to_bronze
+from datamaster_assets.ingest.errors import BadInputError
+from datamaster_assets.ingest.masking import hmac_hex
+
+INGESTED = datetime(2026, 11, 22, 4, 5, 1, tzinfo=timezone.utc)
+LANDED = datetime(2026, 11, 22, 4, 0, 0, tzinfo=timezone.utc)
+KEY = "test-pii-key"
+HEADER = "review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,review_taste,review_time"
+
+
+def gz(text: str | bytes) -> bytes:
+    return gzip.compress(text.encode() if isinstance(text, str) else text)
+
+
+def review_line(i: int, overall: str = "4.5", time: str = "1073452775") -> str:
+    return f"{i},{i + 10},{i + 20},{i + 30},{overall},4.0,3.5,3.0,2.5,{time}"
+
+
+def run(tmp_path: Path, payload: bytes, *, table="review", fmt="csv", name="raw/review/f.csv.gz", batch_rows=1000):
+    parquet_out = tmp_path / "out.parquet"
+    rejects_out = tmp_path / "rejects.jsonl.gz"
+    src = tmp_path / name.rsplit("/", 1)[-1]
+    src.write_bytes(payload)
+    outcome = convert_to_bronze(
+        src, contract=table, file_format=fmt, source_key=name, control_id="b-test", ingested_at=INGESTED,
+        batch_change_ts=LANDED, pii_key=KEY, parquet_out=parquet_out, rejects_out=rejects_out, batch_rows=batch_rows,
+    )
+    table_out = pq.read_table(parquet_out)
+    rejects = [json.loads(x) for x in gzip.decompress(rejects_out.read_bytes()).splitlines()] if rejects_out.exists() else []
+    return outcome, table_out, rejects
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 1000])
+def test_clean_csv_is_typed_with_lineage(tmp_path, batch_rows):
+    lines = [review_line(i) for i in range(1, 6)]
+    outcome, table, rejects = run(tmp_path, gz(HEADER + "\n" + "\n".join(lines) + "\n"), batch_rows=batch_rows)
+    assert (outcome.records_read, outcome.accepted, outcome.rejected) == (5, 5, 0)
+    assert table.schema == get_contract("review").bronze_schema
+    assert table.column("review_id").to_pylist() == [1, 2, 3, 4, 5]
+    assert table.column("review_time")[0].as_py() == datetime(2004, 1, 7, 5, 19, 35, tzinfo=timezone.utc)
+    assert set(table.column("_op").to_pylist()) == {"load"}
+    assert set(table.column("_change_ts").to_pylist()) == {LANDED}
+    assert set(table.column("_ingested_at").to_pylist()) == {INGESTED}
+    assert set(table.column("_source_key").to_pylist()) == {"raw/review/f.csv.gz"}
+    assert set(table.column("_control_id").to_pylist()) == {"b-test"}
+    # physical line numbers: the header is line 1
+    assert table.column("_source_line").to_pylist() == [2, 3, 4, 5, 6]
+    assert table.column("_change_seq").to_pylist() == [2, 3, 4, 5, 6]
+    assert rejects == []
+    assert not (tmp_path / "rejects.jsonl.gz").exists()
+
+
+@pytest.mark.parametrize("batch_rows", [2, 1000])
+def test_bad_rows_are_rejected_with_line_and_field(tmp_path, batch_rows):
+    lines = [
+        review_line(1),
+        review_line(2, overall="7.5"),  # above max
+        review_line(3, overall="abc"),  # wrong type
+        "4,14,24,34,4.5,4.0",  # too few fields
+        review_line(5, time=""),  # required value missing
+        b"6,16,26,36,4.5,4.0,3.5,3.0,2.5,10734\xff52775".decode("latin-1"),
+        review_line(7, overall="nan"),
+        review_line(8),
+        review_line(0),  # review_id below min 1
+    ]
+    payload = (HEADER + "\n" + "\n".join(lines) + "\n").encode("latin-1")
+    payload = payload.replace("10734\xff52775".encode("latin-1"), b"10734\xff52775")
+    outcome, table, rejects = run(tmp_path, gz(payload), batch_rows=batch_rows)
+    assert outcome.records_read == 9
+    assert outcome.accepted + outcome.rejected == outcome.records_read
+    assert table.column("review_id").to_pylist() == [1, 8]
+    assert table.column("_source_line").to_pylist() == [2, 9]
+    by_line = {r["line"]: r for r in rejects}
+    assert sorted(by_line) == [3, 4, 5, 6, 7, 8, 10]
+    assert by_line[3]["field"] == "review_overall" and "above max 5" in by_line[3]["reason"]
+    assert by_line[4]["field"] == "review_overall" and "not a number" in by_line[4]["reason"]
+    assert by_line[5]["field"] is None and "expected 10 fields, found 6" in by_line[5]["reason"]
+    assert by_line[6]["field"] == "review_time" and "missing" in by_line[6]["reason"]
+    assert "UTF-8" in by_line[7]["reason"] and "\\xff" in by_line[7]["raw"]
+    assert by_line[8]["field"] == "review_overall"
+    assert by_line[10]["field"] == "review_id" and "below min 1" in by_line[10]["reason"]
+    assert by_line[3]["raw"] == review_line(2, overall="7.5")
+    assert all(r["source_key"] == "raw/review/f.csv.gz" and r["control_id"] == "b-test" for r in rejects)
+    assert outcome.slow_batches >= 1
+
+
+def test_blank_lines_skipped_and_line_numbers_kept(tmp_path):
+    payload = HEADER + "\n" + review_line(1) + "\n\n" + review_line(2) + "\r\n" + review_line(3)
+    outcome, table, _ = run(tmp_path, gz(payload))
+    assert outcome.records_read == 3
+    assert table.column("_source_line").to_pylist() == [2, 4, 5]
+
+
+def test_columns_extra_and_missing_nullable_are_noted(tmp_path):
+    header = "review_time,review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,comment"
+    line = "1073452775,1,11,21,31,4.5,4.0,great"
+    outcome, table, _ = run(tmp_path, gz(f"{header}\n{line}\n"))
+    assert outcome.accepted == 1
+    assert table.column("review_aroma").to_pylist() == [4.0]
+    assert table.column("review_taste").to_pylist() == [None]
+    assert any("extra columns ignored: comment" in n for n in outcome.notes)
+    assert any("review_appearance" in n and "null" in n for n in outcome.notes)
+
+
+def test_missing_required_column_is_bad_input(tmp_path):
+    header = HEADER.replace("review_overall", "overall_rating")
+    with pytest.raises(BadInputError) as exc:
+        run(tmp_path, gz(f"{header}\n{review_line(1)}\n"))
+    assert "raw/review/f.csv.gz" in str(exc.value) and "review_overall" in str(exc.value)
+    assert exc.value.field == "review_overall" and exc.value.line == 1
+
+
+@pytest.mark.parametrize(
+    "payload, problem",
+    [
+        (b"", "empty file"),
+        (b"review_id,brewery_id\n1,2\n", "not a gzip file"),
+        (gz(HEADER + "\n" + "\n".join(review_line(i) for i in range(1, 2000)))[:-30], "truncated"),
+        (gz(b""), "no header"),
+    ],
+)
+def test_unprocessable_files_raise_bad_input_naming_the_file(tmp_path, payload, problem):
+    with pytest.raises(BadInputError) as exc:
+        run(tmp_path, payload)
+    assert str(exc.value).startswith("raw/review/f.csv.gz")
+    assert problem in str(exc.value)
+
+
+def test_unknown_table_and_format_are_bad_input(tmp_path):
+    with pytest.raises(BadInputError, match="unknown table"):
+        run(tmp_path, gz(HEADER + "\n"), table="nope")
+    with pytest.raises(BadInputError, match="does not accept csv"):
+        run(tmp_path, gz("beer_id\n1\n"), table="beer")
+    with pytest.raises(BadInputError, match="unknown file format"):
+        run(tmp_path, gz(HEADER + "\n"), fmt="xml")
+
+
+def test_header_only_csv_gives_empty_bronze_file(tmp_path):
+    outcome, table, _ = run(tmp_path, gz(HEADER + "\n"))
+    assert (outcome.records_read, outcome.accepted) == (0, 0)
+    assert table.num_rows == 0 and table.schema == get_contract("review").bronze_schema
+    assert "header only, no data rows" in outcome.notes
+
+
+def test_stream_source_and_plain_csv(tmp_path):
+    parquet_out = tmp_path / "o.parquet"
+    outcome = convert_to_bronze(
+        io.BytesIO((HEADER + "\n" + review_line(1) + "\n").encode()), contract=get_contract("review"), file_format="csv",
+        source_key="raw/review/plain.csv", control_id="b-x", ingested_at=INGESTED, batch_change_ts=LANDED,
+        pii_key=KEY, parquet_out=parquet_out, rejects_out=tmp_path / "r.gz",
+    )
+    assert outcome.accepted == 1 and pq.read_table(parquet_out).column("review_id").to_pylist() == [1]
+
+
+# ---- CDC JSON lines --------------------------------------------------------------------------
+
+def envelope(op, row, ts="2012-01-31T10:00:00.000123Z", record_type="data", **meta):
+    return json.dumps({"data": row, "metadata": {"timestamp": ts, "record-type": record_type, "operation": op,
+                                                  "partition-key-type": "primary-key", "schema-name": "dm",
+                                                  "table-name": "profile", "transaction-id": 77, **meta}})
+
+
+def control_line():
+    return json.dumps({"control": {"table-def": {}}, "metadata": {"timestamp": "2012-01-31T09:00:00Z",
+                                                                   "record-type": "control", "operation": "create-table"}})
+
+
+PROFILE_NAME = "raw/profile/p.json.gz"
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 1000])
+def test_cdc_envelope_ops_control_lineage_and_masking(tmp_path, batch_rows):
+    lines = [
+        control_line(),
+        envelope("load", {"profile_id": 1, "profile_name": "stcules", "email": "charles04@example.org", "state": "AR"}),
+        envelope("insert", {"profile_id": 2, "profile_name": "bob"}),  # email/state absent -> null
+        envelope("update", {"profile_id": 1, "profile_name": "stcules", "email": "new@example.net", "state": "OH"},
+                 ts="2012-01-31T11:00:00Z", **{"transaction-record-id": 5}),
+        envelope("delete", {"profile_id": 2}),  # key only
+        envelope("update", {"profile_id": 3, "profile_name": "x", "state": "ZZ"}),  # not an allowed state
+        envelope("insert", {"profile_name": "nokey"}),  # key missing
+    ]
+    outcome, table, rejects = run(tmp_path, gz("\n".join(lines) + "\n"), table="profile", fmt="json",
+                                  name=PROFILE_NAME, batch_rows=batch_rows)
+    assert outcome.control_records == 1
+    assert (outcome.records_read, outcome.accepted, outcome.rejected) == (6, 4, 2)
+    assert table.column("_op").to_pylist() == ["load", "insert", "update", "delete"]
+    assert table.column("profile_id").to_pylist() == [1, 2, 1, 2]
+    assert table.column("_source_line").to_pylist() == [2, 3, 4, 5]
+    assert table.column("_change_seq").to_pylist() == [2, 3, 5, 5]  # transaction-record-id wins over the line
+    assert table.column("_change_ts")[2].as_py() == datetime(2012, 1, 31, 11, tzinfo=timezone.utc)
+    assert table.column("_change_ts")[0].as_py() == datetime(2012, 1, 31, 10, 0, 0, 123, tzinfo=timezone.utc)
+    emails = table.column("email").to_pylist()
+    assert emails[0] == hmac_hex(KEY.encode(), "charles04") + "@example.org"
+    assert emails[1] is None and emails[3] is None
+    assert {r["line"]: r["field"] for r in rejects} == {6: "state", 7: "profile_id"}
+
+
+def test_cdc_flattened_form_and_bad_lines(tmp_path):
+    lines = [
+        json.dumps({"review_id": 1, "brewery_id": 2, "beer_id": 3, "profile_id": 4, "review_overall": 4.5,
+                    "review_time": 1073452775, "operation": "insert", "timestamp": "2012-01-31T10:00:00Z",
+                    "transaction-id": 9, "mood": "happy"}),
+        "this is not json",
+        json.dumps({"review_id": 2, "brewery_id": 2, "beer_id": 3, "profile_id": 4, "review_overall": "high",
+                    "review_time": 1073452775, "operation": "update", "timestamp": "2012-01-31T10:00:00Z"}),
+        json.dumps([1, 2]),
+        json.dumps({"review_id": 3, "operation": "DELETE", "timestamp": "2012-01-31T12:00:00Z"}),
+        json.dumps({"review_id": 4, "brewery_id": 2, "beer_id": 3, "profile_id": 4, "review_overall": 3,
+                    "review_time": 1073452775, "operation": "merge", "timestamp": "2012-01-31T10:00:00Z"}),
+    ]
+    outcome, table, rejects = run(tmp_path, gz("\n".join(lines)), fmt="json", name="raw/review/c.json.gz")
+    assert (outcome.records_read, outcome.accepted, outcome.rejected) == (6, 2, 4)
+    assert table.column("review_id").to_pylist() == [1, 3]
+    assert table.column("_op").to_pylist() == ["insert", "delete"]
+    assert table.column("review_overall").to_pylist() == [4.5, None]
+    by_line = {r["line"]: r for r in rejects}
+    assert "not JSON" in by_line[2]["reason"]
+    assert by_line[3]["field"] == "review_overall"
+    assert "not a JSON object" in by_line[4]["reason"]
+    assert by_line[6]["field"] == "operation" and "merge" in by_line[6]["reason"]
+    assert any("extra fields ignored: mood" in n for n in outcome.notes)
+
+
+def test_cdc_fast_path_clean_envelope(tmp_path):
+    rows = [envelope("insert", {"brewery_id": i, "brewery_name": f"B{i}"}) for i in range(1, 101)]
+    outcome, table, _ = run(tmp_path, gz("\n".join(rows) + "\n"), table="brewery", fmt="json",
+                            name="raw/brewery/b.json.gz", batch_rows=40)
+    assert outcome.accepted == 100 and outcome.slow_batches == 0 and outcome.batches >= 3
+    assert table.column("_source_line").to_pylist() == list(range(1, 101))
+
+
+def test_pii_detector_flags_untagged_columns(tmp_path):
+    rows = [envelope("insert", {"brewery_id": i, "brewery_name": f"owner{i}@mail.example.com"}) for i in range(1, 11)]
+    outcome, table, _ = run(tmp_path, gz("\n".join(rows)), table="brewery", fmt="json", name="raw/brewery/b.json.gz")
+    assert outcome.accepted == 10
+    assert any("brewery_name" in n and "email address" in n for n in outcome.notes)
+    assert table.column("brewery_name")[0].as_py() == "owner1@mail.example.com"  # reported, not masked
