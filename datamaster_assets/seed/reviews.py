@@ -7,6 +7,7 @@ seconds. The model:
   the 66,055 real beers), so the busiest months hold a few beers with >= 25 reviews and a few
   just under, at 100 k reviews as at 1.59 M;
 * reviewer activity is Zipf-Mandelbrot too (``1/(rank+50)``), a long tail of casual drinkers;
+* the last DORMANT_ROWS beers and profiles of each ranking never review (deletable dimension rows);
 * review_time: a month from January 1998 to January 2012 weighted by a logistic growth curve
   (centred on early 2007), then a uniform second within that month;
 * each beer has a hidden quality ~ N(3.8, 0.35); ``review_overall`` = quality + N(0, 0.55),
@@ -69,8 +70,14 @@ class ReviewModel:
     month_p: np.ndarray
 
 
+# The least popular beers and profiles never review, at any scale: the change scenario deletes
+# some of them, and deleting an unreferenced row keeps every review's references resolvable.
+DORMANT_ROWS = 25
+
+
 def _zipf(n: int, exponent: float, offset: float) -> np.ndarray:
     weights = 1.0 / (np.arange(1, n + 1) + offset) ** exponent
+    weights[n - DORMANT_ROWS :] = 0.0
     return weights / weights.sum()
 
 

@@ -398,3 +398,9 @@ def test_full_size_reviews_are_generated_and_written_in_seconds(tmp_path: Path) 
     assert elapsed < 30, f"1.59 M reviews took {elapsed:.1f} s"
     (count,) = duckdb.sql(f"select count(*), max(review_id) from read_csv('{tmp_path / 'full.csv.gz'}')").fetchall()
     assert count == (FULL_SIZE_REVIEWS, FULL_SIZE_REVIEWS)
+
+
+@pytest.mark.slow
+def test_change_scenario_still_finds_unreviewed_dims_at_full_size() -> None:
+    scenario = build_change_scenario(generate_reviews(FULL_SIZE_REVIEWS, 42), 42, NOW)
+    assert len(scenario.tables["profile"].deleted) == 2 and len(scenario.tables["beer"].deleted) == 1
