@@ -38,31 +38,60 @@ PARQUET_COMPRESSION = "zstd"
 DICTIONARY_MAX_DISTINCT_SHARE = 0.2
 
 
+# Lineage strings written as dictionary arrays: a constant per file (or a handful of operations),
+# so the writer needs no hashing. The file is written without the Arrow schema blob, so readers see
+# the plain bronze schema (string, timestamp[us, UTC], not-null lineage) straight from Parquet types.
+DICTIONARY_LINEAGE = ("_source_key", "_control_id", "_op")
+DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+
+
+def writer_schema(bronze_schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(DICT_STRING) if f.name in DICTIONARY_LINEAGE else f for f in bronze_schema])
+
+
 def dictionary_columns(table: pa.Table) -> list[str]:
     """Columns worth dictionary-encoding, judged on a (first) batch."""
-    n = max(table.num_rows, 1)
     out = []
     for name, column in zip(table.column_names, table.columns):
+        if pa.types.is_dictionary(column.type):
+            continue  # written as a dictionary anyway
         sample = column.slice(0, 65536)
-        if pc.count_distinct(sample, mode="all").as_py() <= DICTIONARY_MAX_DISTINCT_SHARE * min(n, 65536):
+        if len(sample) and pc.count_distinct(sample, mode="all").as_py() <= DICTIONARY_MAX_DISTINCT_SHARE * len(sample):
             out.append(name)
     return out
 
 
+def delta_columns(schema: pa.Schema, dictionary: list[str]) -> dict[str, str]:
+    """Integer-like columns without a dictionary: delta encoding is cheaper than plain + zstd on ids,
+    line numbers and times, and smaller."""
+    return {
+        f.name: "DELTA_BINARY_PACKED"
+        for f in schema
+        if f.name not in dictionary and (pa.types.is_int64(f.type) or pa.types.is_int32(f.type) or pa.types.is_timestamp(f.type))
+    }
+
+
 class _ParquetOutput:
     """Writes batches on a background thread (compression overlaps parsing of the next chunk).
-    The writer is created on the first batch, whose cardinalities choose dictionary columns."""
+    The writer is created on the first batch, whose cardinalities choose the encodings."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.path = Path(path)
-        self.schema = schema
+        self.schema = writer_schema(schema)
         self._writer: pq.ParquetWriter | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
         self._pending: Future | None = None
 
     def _open(self, first: pa.Table | None) -> pq.ParquetWriter:
-        dictionary = dictionary_columns(first) if first is not None else True
-        return pq.ParquetWriter(self.path, self.schema, compression=PARQUET_COMPRESSION, use_dictionary=dictionary)
+        dictionary = list(DICTIONARY_LINEAGE) + (dictionary_columns(first) if first is not None else [])
+        return pq.ParquetWriter(
+            self.path,
+            self.schema,
+            compression=PARQUET_COMPRESSION,
+            use_dictionary=dictionary,
+            column_encoding=delta_columns(self.schema, dictionary),
+            store_schema=False,
+        )
 
     def _write(self, table: pa.Table) -> None:
         if self._writer is None:
@@ -124,8 +153,11 @@ class _Lineage:
         self.control_id = pa.scalar(control_id, pa.string())
         self.ingested_at = pa.scalar(_utc(ingested_at, "ingested_at"), TIMESTAMP_US_UTC)
         self.batch_change_ts = pa.scalar(_utc(batch_change_ts, "batch_change_ts"), TIMESTAMP_US_UTC)
-        self.load = pa.scalar("load", pa.string())
         self.change_ts_filled = 0
+
+    @staticmethod
+    def _constant(value: pa.Scalar, n: int) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value.as_py()], pa.string()))
 
     def columns(self, n: int, lines: pa.Array, ops, change_ts, change_seq) -> list[pa.Array]:
         if change_ts is None:
@@ -135,10 +167,10 @@ class _Lineage:
             if change_ts.null_count:
                 change_ts = pc.coalesce(change_ts, self.batch_change_ts)
         return [
-            pa.repeat(self.source_key, n),
-            pa.repeat(self.control_id, n),
+            self._constant(self.source_key, n),
+            self._constant(self.control_id, n),
             pa.repeat(self.ingested_at, n),
-            pa.repeat(self.load, n) if ops is None else ops,
+            self._constant(pa.scalar("load"), n) if ops is None else pc.dictionary_encode(ops),
             change_ts,
             lines if change_seq is None else pc.coalesce(change_seq, lines),
             lines,
@@ -218,7 +250,7 @@ def convert_to_bronze(
             table = mask_table(table, contract, key)
             n = table.num_rows
             out = pa.Table.from_arrays(
-                table.columns + lineage.columns(n, lines, ops, change_ts, change_seq), schema=schema
+                table.columns + lineage.columns(n, lines, ops, change_ts, change_seq), schema=writer.schema
             )
             writer.write(out)
             outcome.accepted += n

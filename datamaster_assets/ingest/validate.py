@@ -34,19 +34,24 @@ def check_rules(contract: Contract, table: pa.Table, ops: pa.Array | None) -> Ru
                        "operation {value!s} is not one of " + "|".join(CDC_OPERATIONS)))
     for col in contract.columns:
         values = table.column(col.name)
-        if not col.nullable:
+        if not col.nullable and values.null_count:
             missing = pc.is_null(values)
             if is_delete is not None and col.name not in contract.primary_key:
                 missing = pc.and_kleene(missing, pc.invert(is_delete))
             checks.append((col.name, missing, "required value is missing"))
-        if col.min is not None:
-            checks.append((col.name, pc.less(values, pa.scalar(col.min, values.type)),
-                           f"{{value}} is below min {_fmt(col.rules['min'])}"))
-        if col.max is not None:
-            checks.append((col.name, pc.greater(values, pa.scalar(col.max, values.type)),
-                           f"{{value}} is above max {_fmt(col.rules['max'])}"))
-        if (col.min is not None or col.max is not None) and pa.types.is_floating(values.type):
-            checks.append((col.name, pc.is_nan(values), "{value} is not a number"))
+        if col.min is not None or col.max is not None:
+            # one pass for the common case where every value is in range
+            low, high = pc.min_max(values).values()
+            if col.min is not None and low.is_valid and low.as_py() < col.min:
+                checks.append((col.name, pc.less(values, pa.scalar(col.min, values.type)),
+                               f"{{value}} is below min {_fmt(col.rules['min'])}"))
+            if col.max is not None and high.is_valid and high.as_py() > col.max:
+                checks.append((col.name, pc.greater(values, pa.scalar(col.max, values.type)),
+                               f"{{value}} is above max {_fmt(col.rules['max'])}"))
+            if pa.types.is_floating(values.type):
+                nan = pc.is_nan(values)
+                if pc.any(nan).as_py():
+                    checks.append((col.name, nan, "{value} is not a number"))
         if col.allowed is not None:
             allowed = pa.array(col.allowed, values.type)
             checks.append((col.name, pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, allowed))),

@@ -36,11 +36,11 @@ def to_bronze_column(column: Column, values: pa.Array | pa.ChunkedArray) -> tupl
     """Source-typed values -> bronze-typed values, plus a mask of rows whose value cannot be
     represented (None if all can)."""
     if column.type == "timestamp" and column.source_format == "epoch_seconds":
-        out_of_range = pc.greater(pc.abs(values), MAX_EPOCH_SECONDS)
-        if pc.any(out_of_range).as_py():
+        low, high = pc.min_max(values).values()
+        out_of_range = None
+        if low.is_valid and (low.as_py() < -MAX_EPOCH_SECONDS or high.as_py() > MAX_EPOCH_SECONDS):
+            out_of_range = pc.greater(pc.abs(values), MAX_EPOCH_SECONDS)
             values = pc.if_else(out_of_range, None, values)
-        else:
-            out_of_range = None
         micros = pc.multiply(values, 1_000_000)
         return micros.cast(TIMESTAMP_US_UTC), out_of_range
     return values, None
