@@ -100,3 +100,80 @@ def synthetic_silver(n_reviews: int = FULL_SIZE_REVIEWS, seed: int = 7) -> dict[
         "profile": _with_audit(profile, "profile"),
         "review": _with_audit(review, "review"),
     }
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_compute(silver: dict[str, pa.Table], out_dir: Path | None) -> float:
+    """review_flat + five marts in memory; with ``out_dir``, also written as zstd Parquet."""
+    from datamaster_assets.transform.gold import compute_marts
+    from datamaster_assets.transform.review_flat import build_review_flat
+
+    def run() -> None:
+        flat = build_review_flat(silver["review"], silver["beer"], silver["brewery"], silver["profile"])
+        marts = compute_marts(flat)
+        if out_dir is not None:
+            pq.write_table(flat, out_dir / "review_flat.parquet", compression="zstd")
+            for name, table in marts.items():
+                pq.write_table(table, out_dir / f"{name}.parquet", compression="zstd")
+
+    return _timed(run)
+
+
+def bench_iceberg(silver: dict[str, pa.Table], home: Path) -> dict[str, float]:
+    """Worker path on a fresh local lake: first build, then one review changed in each of two months."""
+    from datamaster_assets.lake.catalog import load_or_create_table, table_identifier
+    from datamaster_assets.lake.factory import open_lake
+    from datamaster_assets.settings import Settings
+    from datamaster_assets.workers.gold import build_review_flat_table, refresh_gold
+
+    lake = open_lake(Settings(home=home))
+
+    def write_silver(tables: dict[str, pa.Table]) -> None:
+        for name, table in tables.items():
+            identifier = table_identifier(lake.settings, "silver", name)
+            load_or_create_table(lake.catalog, identifier, table.schema).overwrite(table)
+
+    write_silver(silver)
+    out = {
+        "review_flat first build": _timed(lambda: build_review_flat_table(lake)),
+        "gold first refresh (5 marts)": _timed(lambda: refresh_gold(lake)),
+    }
+    review = silver["review"]
+    first_ids = pc.equal(review["review_id"], 1)  # earliest month
+    last_ids = pc.equal(review["review_id"], review.num_rows)  # latest month
+    overall = pc.if_else(pc.or_(first_ids, last_ids), 0.0, review["review_overall"])
+    write_silver({"review": review.set_column(review.schema.get_field_index("review_overall"),
+                                              review.schema.field("review_overall"), overall)})
+    out["review_flat incremental (2 reviews changed)"] = _timed(lambda: build_review_flat_table(lake))
+    out["gold incremental (2 months)"] = _timed(lambda: refresh_gold(lake))
+    out["gold no-op refresh"] = _timed(lambda: refresh_gold(lake))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reviews", type=int, default=FULL_SIZE_REVIEWS)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-iceberg", action="store_true")
+    args = parser.parse_args(argv)
+    silver = synthetic_silver(args.reviews)
+    timings: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            timings.setdefault("compute", []).append(bench_compute(silver, None))
+            timings.setdefault("compute+parquet", []).append(bench_compute(silver, Path(tmp)))
+            if not args.no_iceberg:
+                for step, seconds in bench_iceberg(silver, Path(tmp) / "home").items():
+                    timings.setdefault(step, []).append(seconds)
+    print(f"{args.reviews:,} reviews, median of {args.repeat} runs")
+    for step, values in timings.items():
+        print(f"{step:45s} {statistics.median(values):7.2f} s   ({', '.join(f'{v:.2f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()
