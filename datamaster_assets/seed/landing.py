@@ -69,6 +69,20 @@ class SeedSummary:
             out[f.table] = TableSeed(prev.keys + (f.key,), prev.records + f.records, prev.bytes + f.bytes)
         return out
 
+    def describe(self) -> str:
+        """A short human-readable table of what was landed."""
+        lines = [f"  {'table':<10}{'files':>7}{'records':>12}{'MB':>9}"]
+        for table, t in self.tables.items():
+            lines.append(f"  {table:<10}{len(t.keys):>7}{t.records:>12,}{t.bytes / 1e6:>9.2f}")
+        if self.changes is not None:
+            r = self.changes.tables["review"]
+            lines.append(
+                f"  change scenario: {len(self.changes.files)} files (1 duplicate, 1 out-of-order); reviews after: "
+                f"{r.live_rows:,} live, {r.deleted_rows} soft-deleted"
+            )
+        lines.append(f"  seed {self.seed}, {self.seconds:.1f}s")
+        return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class _Planned:

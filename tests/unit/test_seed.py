@@ -110,6 +110,8 @@ def test_summary_counts_keys_and_landing_order(seeded) -> None:
     landed = [f.landed_at for f in summary.files]
     assert landed == sorted(landed) and len(set(landed)) == len(landed)
     assert tables["review"].bytes == sum(f.bytes for f in summary.files if f.table == "review")
+    text = summary.describe()
+    assert "review" in text and "5,048 live, 12 soft-deleted" in text
 
 
 def test_dimension_files_use_the_dms_envelope_with_control_lines(seeded) -> None:
