@@ -110,3 +110,11 @@ def test_land_rejects_unknown_tables_and_formats(tmp_path):
     bad.write_bytes(b"x")
     with pytest.raises(ValueError, match=r"expected a \.csv\.gz"):
         land_file(store, "review", bad)
+
+
+def test_landing_time_is_read_back_from_the_key():
+    from datamaster_assets.lake.landing import landed_at_of
+
+    when = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    assert landed_at_of(raw_key_for("review", "a.csv.gz", when), T0) == when
+    assert landed_at_of("raw/review/2026/01/02/firehose-1.json.gz", T0) == T0  # not ours: fallback
