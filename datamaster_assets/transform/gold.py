@@ -244,6 +244,13 @@ class CheckOutcome:
     def failure_count(self) -> int:
         return len(self.failures)
 
+    @property
+    def metadata(self) -> dict[str, object]:
+        """Plain values for an asset check result: the count and a few example failures as JSON."""
+        import json
+
+        return {"failures": len(self.failures), "examples": json.dumps(self.failures[:5], default=str)}
+
 
 def check_totals_reconcile(
     spec: MartSpec, mart: pa.Table, review_flat: pa.Table, max_examples: int = 20
@@ -304,3 +311,19 @@ def check_ratings_within_bounds(spec: MartSpec, mart: pa.Table, max_examples: in
         description=f"{spec.name}: avg_rating within 0-5; {len(failures)} row(s) outside",
         failures=failures[:max_examples],
     )
+
+
+GOLD_CHECKS = ("totals_reconcile", "averages_within_0_5")
+
+
+def gold_checks(mart: str, mart_table: pa.Table | None, review_flat: pa.Table | None) -> dict[str, CheckOutcome]:
+    """Both gold checks of one mart by check name; a missing table fails them with a clear reason."""
+    spec = MARTS[mart]
+    if mart_table is None or review_flat is None:
+        missing = "gold." + mart if mart_table is None else "silver.review_flat"
+        outcome = CheckOutcome(False, f"{missing} does not exist yet", [])
+        return {name: outcome for name in GOLD_CHECKS}
+    return {
+        "totals_reconcile": check_totals_reconcile(spec, mart_table, review_flat),
+        "averages_within_0_5": check_ratings_within_bounds(spec, mart_table),
+    }

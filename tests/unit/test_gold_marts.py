@@ -13,6 +13,7 @@ from datamaster_assets.transform.gold import (
     check_ratings_within_bounds,
     check_totals_reconcile,
     compute_marts,
+    gold_checks,
     preview_markdown,
 )
 from datamaster_assets.transform.review_flat import (
@@ -221,3 +222,14 @@ def test_diff_non_gold_column_changes_flat_but_no_month():
     assert diff.gold_months == frozenset()
     assert not diff_review_flat(old, old, GOLD_INPUT_COLUMNS).any_change
     assert diff_review_flat(None, old, GOLD_INPUT_COLUMNS).gold_months == {(2010, 1), (2010, 2), (2011, 7)}
+
+
+def test_gold_checks_by_name(tables):
+    flat = flat_of(tables)
+    beers = compute_marts(flat)["top_beers_by_rating"]
+    outcomes = gold_checks("top_beers_by_rating", beers, flat)
+    assert set(outcomes) == {"totals_reconcile", "averages_within_0_5"}
+    assert all(o.passed and o.metadata["failures"] == 0 for o in outcomes.values())
+    missing = gold_checks("top_beers_by_rating", None, flat)
+    assert not missing["totals_reconcile"].passed
+    assert "gold.top_beers_by_rating does not exist" in missing["totals_reconcile"].description
