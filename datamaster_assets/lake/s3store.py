@@ -40,7 +40,15 @@ class S3ObjectStore:
         if not bucket:
             raise ValueError("S3ObjectStore needs a bucket name")
         self.bucket = bucket
+        self.region = region
         self.client = client if client is not None else boto3.client("s3", region_name=region)
+
+    # boto3 clients do not pickle; a copy in another process builds its own from the environment.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "region": self.region}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["bucket"], state["region"])
 
     def __repr__(self) -> str:
         return f"S3ObjectStore(bucket={self.bucket!r})"

@@ -108,6 +108,23 @@ def test_put_file_small_and_multipart(store, tmp_path: Path, monkeypatch):
         store.put_file("raw/beer/nope", tmp_path / "nope")
 
 
+def test_streaming_read_feeds_pyarrow_and_pickles(store):
+    import pickle
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rows = "".join(f"{i},{i % 5}.5\n" for i in range(20_000))
+    store.put_bytes("raw/review/r.csv.gz", gzip.compress(("review_id,review_overall\n" + rows).encode()))
+    with store.open_read("raw/review/r.csv.gz") as body:
+        reader = pacsv.open_csv(pa.CompressedInputStream(body, "gzip"))
+        n = sum(batch.num_rows for batch in reader)
+    assert n == 20_000
+
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.bucket == BUCKET and copy.head("raw/review/r.csv.gz") == store.head("raw/review/r.csv.gz")
+
+
 def test_keys_are_validated(store):
     for bad in ("", "/raw/x", "raw//x", "raw/../x"):
         with pytest.raises(ValueError, match="invalid object key"):
