@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
@@ -15,7 +16,7 @@ from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
 
 from datamaster_assets.lake.dynamo_ledger import create_ledger_table
-from datamaster_assets.lake.landing import file_format_of, table_of
+from datamaster_assets.lake.landing import file_format_of, landed_at_of, table_of
 from datamaster_assets.settings import Settings
 from datamaster_assets.workers import firehose_router
 
@@ -124,6 +125,8 @@ def test_firehose_writes_keys_the_landing_sensor_understands():
     )
     assert "!{" not in rendered
     assert table_of(rendered) == "review" and file_format_of(rendered) == "json"
+    fallback = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    assert landed_at_of(rendered, fallback) == datetime(2026, 11, 22, 4, 5, 1, tzinfo=timezone.utc)
     assert s3["CompressionFormat"] == "GZIP"
     processor = s3["ProcessingConfiguration"]["Processors"][0]
     assert processor["Type"] == "Lambda"
