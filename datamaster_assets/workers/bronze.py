@@ -21,6 +21,7 @@ from datamaster_assets.ingest.convert import BronzeOutcome, convert_to_bronze
 from datamaster_assets.ingest.errors import BadInputError
 from datamaster_assets.ingest.keys import bronze_key_for, rejects_key_for
 from datamaster_assets.lake.factory import Lake
+from datamaster_assets.lake.landing import landed_at_of
 from datamaster_assets.lake.ledger import Layer, LeaseLost, LedgerItem, Registration, Status
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _convert_item(lake: Lake, item: LedgerItem, workdir: Path, now: datetime) ->
         source_key=item.object_key,
         control_id=item.control_id,
         ingested_at=now,
-        batch_change_ts=item.created_at,
+        batch_change_ts=landed_at_of(item.object_key, item.created_at),
         pii_key=lake.settings.pii_key,
         parquet_out=parquet_out,
         rejects_out=rejects_out,
