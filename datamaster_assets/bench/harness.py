@@ -1,0 +1,615 @@
+"""`datamaster bench`: time each stage as a whole process, side by side with reference tools.
+
+Every measured run starts from a restored snapshot of the lake it needs (so a merge always merges
+into the same table, an end-to-end run always starts from freshly landed files), runs one process,
+and is then verified: row counts, reject counts, merge outcome counts and content checksums of the
+outputs against values computed independently of the code under test (docs/benchmarks.md).
+All lakes live at one fixed path, because Iceberg metadata holds absolute file locations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from datamaster_assets.bench import references as ref
+from datamaster_assets.bench.checksum import content_checksum
+from datamaster_assets.bench.dataset import BenchDataset, ensure_dataset, review_columns
+from datamaster_assets.bench.measure import Sample, StageFailed, run_measured, summarise
+from datamaster_assets.bench.report import format_report
+from datamaster_assets.bench.targets import evaluate_targets
+from datamaster_assets.seed.reviews import FULL_SIZE_REVIEWS
+
+STAGES = ("bronze", "silver", "gold", "e2e")
+QUICK_REVIEWS = 50_000
+DEFAULT_SEED = 42
+# A reference slower than this per run is measured once: its ratio to our stage is far from any
+# target, and repeating pyspark (JVM start alone ~10 s) or Table.upsert would take minutes.
+SLOW_REFERENCE_S = 10.0
+# Landing time of the seeded raw files, fixed so the cached landed lake is the same every time.
+SEED_NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run, or an output failed verification."""
+
+
+@dataclass
+class Measurement:
+    name: str  # e.g. "bronze_csv", "bronze_csv.ref_pyarrow"
+    stage: str
+    kind: str  # system | reference | floor
+    description: str
+    samples: list[Sample] = field(default_factory=list)
+    rows: int | None = None
+    checks: dict[str, Any] = field(default_factory=dict)  # what was verified, with the values
+    notes: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "stage": self.stage,
+            "kind": self.kind,
+            "description": self.description,
+            "samples": [s.as_dict() for s in self.samples],
+            "rows": self.rows,
+            "checks": self.checks,
+            "notes": self.notes,
+            "skipped": self.skipped,
+        }
+        out["summary"] = summarise(self.samples).as_dict() if self.samples else None
+        return out
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def _stage_argv(stage: str, *args: str | Path) -> list[str]:
+    return [_python(), "-m", "datamaster_assets.bench.stage", stage, *map(str, args)]
+
+
+def _datamaster_cli() -> list[str]:
+    script = Path(sys.executable).parent / "datamaster"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("datamaster")
+    if found:
+        return [found]
+    return [_python(), "-c", "from datamaster_assets.cli import main; main()"]
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        import isal
+
+        isal_version: str | None = getattr(isal, "__version__", "installed")
+    except ImportError:
+        isal_version = None
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "isal": isal_version,
+        "java": ref.java_available(),
+    }
+
+
+class Bench:
+    """The state of one benchmark invocation: data set, work directory, snapshots, measurements."""
+
+    def __init__(self, dataset: BenchDataset, workdir: Path, runs: int, spark: bool, spark_note: str):
+        self.dataset = dataset
+        self.workdir = workdir
+        self.lake_dir = workdir / "lake"
+        self.snapshots = workdir / "snapshots"
+        self.inputs = workdir / "inputs"
+        self.outputs = workdir / "outputs"
+        self.logs = workdir / "logs"
+        for d in (self.snapshots, self.inputs, self.outputs, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self.runs = runs
+        self.spark = spark
+        self.spark_note = spark_note
+        self.measurements: list[Measurement] = []
+        self.expected_marts: dict[str, dict] | None = None
+        self._log_seq = 0
+
+    # ---- lakes -------------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(DATAMASTER_HOME=str(self.lake_dir), DATAMASTER_ENV="local")
+        env.pop("DAGSTER_HOME", None)
+        return env
+
+    def settings(self):
+        from datamaster_assets.settings import Settings
+
+        return Settings.from_env({**self.env()}).with_home(self.lake_dir)
+
+    def lake(self):
+        from datamaster_assets.lake.factory import open_lake
+
+        return open_lake(self.settings())
+
+    def fresh_lake(self):
+        shutil.rmtree(self.lake_dir, ignore_errors=True)
+        return self.lake()
+
+    def snapshot(self, name: str) -> None:
+        target = self.snapshots / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(self.lake_dir, target)
+
+    def has_snapshot(self, name: str) -> bool:
+        return (self.snapshots / name).is_dir()
+
+    def restore(self, name: str) -> None:
+        shutil.rmtree(self.lake_dir, ignore_errors=True)
+        shutil.copytree(self.snapshots / name, self.lake_dir)
+
+    def land(self, table: str, path: Path) -> None:
+        """Land one file into the current lake and register it, as the landing sensor would."""
+        from datamaster_assets.lake.landing import LandingCursor, land_file, register_new_objects
+
+        lake = self.lake()
+        land_file(lake.raw, table, path)
+        register_new_objects(lake.settings, lake.raw, lake.ledger, LandingCursor(), tables=[table])
+
+    def run_untimed(self, argv: list[str], what: str) -> None:
+        self.spawn(argv, what)
+
+    # ---- measuring ---------------------------------------------------------------------------
+
+    def spawn(self, argv: list[str], what: str) -> Sample:
+        self._log_seq += 1
+        log = self.logs / f"{self._log_seq:03d}-{what}.log"
+        try:
+            return run_measured(argv, env=self.env(), cwd=self.workdir, log_path=log)
+        except StageFailed as exc:
+            raise BenchError(f"{what} failed (log: {log}): {exc}") from exc
+
+    def measure(
+        self,
+        m: Measurement,
+        argv: list[str],
+        *,
+        before: Callable[[], None] | None = None,
+        verify: Callable[[dict], dict[str, Any]] | None = None,
+        result_path: Path | None = None,
+        runs: int | None = None,
+    ) -> Measurement:
+        """Run ``argv`` ``runs`` times (``before`` each run, ``verify`` after each, untimed)."""
+        self.measurements.append(m)
+        runs = runs or self.runs
+        label = m.name.replace(".", "-")
+        for i in range(runs):
+            if before is not None:
+                before()
+            if result_path is not None:
+                result_path.unlink(missing_ok=True)
+            sample = self.spawn(argv, label)
+            m.samples.append(sample)
+            result = json.loads(result_path.read_text()) if result_path is not None and result_path.exists() else {}
+            if verify is not None:
+                m.checks = verify(result)
+            if m.kind != "system" and sample.wall_s > SLOW_REFERENCE_S and i + 1 < runs:
+                m.notes.append(f"measured once: one run takes {sample.wall_s:.0f} s (> {SLOW_REFERENCE_S:.0f} s)")
+                break
+        print(f"  {m.name:<34} median {summarise(m.samples).median_s:7.2f} s", flush=True)
+        return m
+
+    def skip(self, m: Measurement, reason: str) -> None:
+        m.skipped = reason
+        self.measurements.append(m)
+
+    # ---- verification helpers ----------------------------------------------------------------
+
+    def expect(self, checks: dict[str, Any], name: str, actual: Any, expected: Any) -> None:
+        checks[name] = {"actual": actual, "expected": expected, "ok": actual == expected}
+        if actual != expected:
+            raise BenchError(f"verification failed: {name} is {actual!r}, expected {expected!r}")
+
+    def silver_table(self, name: str):
+        from datamaster_assets.lake.catalog import table_identifier
+
+        lake = self.lake()
+        return lake.catalog.load_table(table_identifier(lake.settings, "silver", name)).scan().to_arrow()
+
+    def gold_marts(self) -> dict[str, Any]:
+        from datamaster_assets.lake.catalog import table_identifier
+
+        lake = self.lake()
+        return {
+            name: lake.catalog.load_table(table_identifier(lake.settings, "gold", name)).scan().to_arrow()
+            for name in ref.MART_SQL
+        }
+
+    def pending_silver_input(self, table: str = "review") -> Path:
+        """The bronze Parquet file of the (one) pending silver item of ``table`` in the current lake."""
+        from datamaster_assets.lake.ledger import Layer
+
+        lake = self.lake()
+        items = lake.ledger.claimable(Layer.SILVER.value, table_name=table)
+        if len(items) != 1:
+            raise BenchError(f"expected one pending silver item for {table}, found {len(items)}")
+        return lake.store.local_path(items[0].object_key)
+
+
+# ---- stages -------------------------------------------------------------------------------------
+
+
+def _bronze_file(bench: Bench, name: str, source: Path, expected_key: str, fmt: str) -> None:
+    ds = bench.dataset
+    expected = ds.expected(expected_key)
+    snap = f"bronze-{name}-input"
+    bench.fresh_lake()
+    bench.land("review", source)
+    bench.snapshot(snap)
+    result_path = bench.workdir / "result.json"
+
+    def verify(result: dict) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        bench.expect(checks, "records_read", result["records_read"], expected["rows"])
+        bench.expect(checks, "rejected", result["rejected"], 0)
+        out = bench.lake().store.local_path(result["output_keys"][0])
+        checksum = content_checksum(pq.read_table(out, columns=review_columns()), review_columns())
+        bench.expect(checks, "bronze_checksum", checksum.as_dict(), expected)
+        return checks
+
+    m = Measurement(f"bronze_{name}", "bronze", "system",
+                    f"real bronze worker: {source.name} -> Parquet (typing, validation, masking, lineage, rejects)",
+                    rows=expected["rows"])
+    bench.measure(m, _stage_argv("bronze", "--home", bench.lake_dir, "--result", result_path),
+                  before=lambda: bench.restore(snap), verify=verify, result_path=result_path)
+    if name == "jsonl":
+        bench.snapshot("silver-initial-input")  # the last run's lake: bronze done, silver pending
+    if name == "csv_tenth":
+        return
+
+    floor = Measurement(f"bronze_{name}.floor_gzip", "bronze", "floor", f"gzip -dc {source.name} > /dev/null",
+                        rows=expected["rows"])
+    bench.measure(floor, ["gzip", "-dc", str(source)])
+    for tool in ("pyarrow", "duckdb", "spark"):
+        m = Measurement(f"bronze_{name}.ref_{tool}", "bronze", "reference",
+                        {"pyarrow": f"pyarrow read_{fmt} + write_table (zstd)",
+                         "duckdb": f"DuckDB COPY (FROM read_{fmt}) TO parquet (zstd)",
+                         "spark": f"pyspark {ref.SPARK_MASTER}: read.{fmt} with schema -> parquet (zstd)"}[tool],
+                        rows=expected["rows"])
+        if tool == "spark" and not bench.spark:
+            bench.skip(m, bench.spark_note)
+            continue
+        output = bench.outputs / f"{m.name}.parquet"
+
+        def verify_rows(result: dict, output=output) -> dict[str, Any]:
+            checks: dict[str, Any] = {}
+            bench.expect(checks, "rows", result["rows"], expected["rows"])
+            return checks
+
+        bench.measure(m, _stage_argv(f"ref-{tool}-{fmt}", "--input", source, "--output", output,
+                                     "--result", result_path),
+                      verify=verify_rows, result_path=result_path)
+
+
+def stage_bronze(bench: Bench) -> None:
+    ds = bench.dataset
+    _bronze_file(bench, "csv", ds.csv, "base", "csv")
+    _bronze_file(bench, "csv_tenth", ds.tenth_csv, "tenth", "csv")
+    _bronze_file(bench, "jsonl", ds.jsonl, "base", "json")
+
+
+def _ensure_silver_initial_input(bench: Bench) -> None:
+    if bench.has_snapshot("silver-initial-input"):
+        return
+    bench.fresh_lake()
+    bench.land("review", bench.dataset.jsonl)
+    bench.run_untimed(_stage_argv("bronze", "--home", bench.lake_dir), "prepare-bronze-jsonl")
+    bench.snapshot("silver-initial-input")
+
+
+def stage_silver(bench: Bench) -> None:
+    from datamaster_assets.bench.dataset import change_counts  # noqa: F401  (documents the sizes)
+    from datamaster_assets.contracts import get_contract
+    from datamaster_assets.transform.silver import silver_schema
+
+    ds = bench.dataset
+    base, merged = ds.expected("base"), ds.expected("merged")
+    result_path = bench.workdir / "result.json"
+    _ensure_silver_initial_input(bench)
+    bench.restore("silver-initial-input")
+    load_input = bench.inputs / "review-load.bronze.parquet"
+    shutil.copyfile(bench.pending_silver_input(), load_input)
+
+    def verify_silver(expected: dict, counts: dict[str, int]) -> Callable[[dict], dict[str, Any]]:
+        def verify(result: dict) -> dict[str, Any]:
+            checks: dict[str, Any] = {}
+            review = result["review"]
+            for outcome, n in counts.items():
+                bench.expect(checks, f"outcome_{outcome}", review["counts"][outcome], n)
+            table = bench.silver_table("review")
+            bench.expect(checks, "silver_rows", table.num_rows, expected["rows"])
+            bench.expect(checks, "silver_live_rows", table["deleted_at"].null_count, expected["rows"])
+            bench.expect(checks, "silver_checksum", content_checksum(table, review_columns()).as_dict(), expected)
+            return checks
+        return verify
+
+    initial = Measurement("silver_initial", "silver", "system",
+                          f"real silver worker: initial load of {base['rows']:,} reviews into silver.review",
+                          rows=base["rows"])
+    bench.measure(initial, _stage_argv("silver", "--home", bench.lake_dir, "--result", result_path),
+                  before=lambda: bench.restore("silver-initial-input"),
+                  verify=verify_silver(base, {"inserted": base["rows"], "stale_ignored": 0}), result_path=result_path)
+    append = Measurement("silver_initial.ref_iceberg_append", "silver", "reference",
+                         "pyiceberg create_table + Table.append of the same bronze rows (unpartitioned)",
+                         rows=base["rows"])
+    append_home = bench.workdir / "iceberg-append"
+
+    def verify_append(result: dict) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        bench.expect(checks, "rows", result["rows"], base["rows"])
+        return checks
+
+    bench.measure(append, _stage_argv("ref-iceberg-append", "--home", append_home, "--input", load_input,
+                                      "--result", result_path), verify=verify_append, result_path=result_path)
+
+    # The lake after the last initial load, plus the change file through the real bronze worker.
+    bench.land("review", ds.changes)
+    bench.run_untimed(_stage_argv("bronze", "--home", bench.lake_dir), "prepare-bronze-changes")
+    bench.snapshot("silver-merge-input")
+    contract = get_contract("review")
+    changes = pq.read_table(bench.pending_silver_input())
+    upsert_rows = bench.inputs / "review-upsert.parquet"
+    pq.write_table(ref.silver_shaped(changes, silver_schema(contract), contract.column_names), upsert_rows)
+
+    merge = Measurement("silver_merge", "silver", "system",
+                        f"real silver worker: merge {ds.updates:,} updates + {ds.inserts:,} inserts into "
+                        f"{base['rows']:,} rows (copy-on-write, one Iceberg commit)", rows=ds.updates + ds.inserts)
+    bench.measure(merge, _stage_argv("silver", "--home", bench.lake_dir, "--result", result_path),
+                  before=lambda: bench.restore("silver-merge-input"),
+                  verify=verify_silver(merged, {"updated": ds.updates, "inserted": ds.inserts, "stale_ignored": 0}),
+                  result_path=result_path)
+
+    upsert = Measurement("silver_merge.ref_iceberg_upsert", "silver", "reference",
+                         "pyiceberg Table.upsert(join_cols=['review_id']) of the same changes into the same table",
+                         rows=ds.updates + ds.inserts)
+
+    def verify_upsert(result: dict) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        bench.expect(checks, "rows_updated", result["rows_updated"], ds.updates)
+        bench.expect(checks, "rows_inserted", result["rows_inserted"], ds.inserts)
+        bench.expect(checks, "silver_rows", bench.silver_table("review").num_rows, merged["rows"])
+        return checks
+
+    bench.measure(upsert, _stage_argv("ref-iceberg-upsert", "--home", bench.lake_dir, "--input", upsert_rows,
+                                      "--result", result_path),
+                  before=lambda: bench.restore("silver-merge-input"), verify=verify_upsert, result_path=result_path)
+
+
+def _ensure_landed(bench: Bench) -> None:
+    """The lake with every raw file `datamaster seed` would land (dims + review extracts), cached."""
+    if bench.has_snapshot("landed"):
+        return
+    cached = bench.dataset.directory / "landed-lake"
+    if not cached.is_dir():
+        from datamaster_assets.seed import seed_raw
+
+        lake = bench.fresh_lake()
+        seed_raw(lake, reviews=bench.dataset.reviews, seed=bench.dataset.seed, now=SEED_NOW)
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(bench.lake_dir, tmp)
+        tmp.rename(cached)
+    shutil.rmtree(bench.snapshots / "landed", ignore_errors=True)
+    shutil.copytree(cached, bench.snapshots / "landed")
+
+
+def _ensure_gold_input(bench: Bench) -> Path:
+    export = bench.inputs / "silver"
+    if bench.has_snapshot("gold-input") and export.is_dir():
+        return export
+    _ensure_landed(bench)
+    bench.restore("landed")
+    bench.run_untimed(_stage_argv("prepare-silver", "--home", bench.lake_dir), "prepare-silver")
+    bench.snapshot("gold-input")
+    export.mkdir(parents=True, exist_ok=True)
+    for name in ref.SILVER_INPUTS:
+        pq.write_table(bench.silver_table(name), export / f"{name}.parquet")
+    return export
+
+
+def _expected_marts(bench: Bench, export: Path) -> dict[str, dict]:
+    """Row counts and checksums of review_flat and the marts, from the plain DuckDB SQL reference."""
+    if bench.expected_marts is None:
+        out = bench.outputs / "expected-gold"
+        ref.duckdb_gold(export, out)
+        bench.expected_marts = {"review_flat": {"rows": pq.read_metadata(out / "review_flat.parquet").num_rows}}
+        for name, columns in ref.MART_CHECK_COLUMNS.items():
+            bench.expected_marts[name] = content_checksum(pq.read_table(out / f"{name}.parquet"), columns).as_dict()
+    return bench.expected_marts
+
+
+def _verify_gold(bench: Bench, expected: dict[str, dict], checks: dict[str, Any]) -> None:
+    bench.expect(checks, "review_flat_rows", bench.silver_table("review_flat").num_rows, expected["review_flat"]["rows"])
+    for name, mart in bench.gold_marts().items():
+        got = content_checksum(mart, ref.MART_CHECK_COLUMNS[name]).as_dict()
+        bench.expect(checks, f"{name}_checksum", got, expected[name])
+
+
+def stage_gold(bench: Bench) -> None:
+    export = _ensure_gold_input(bench)
+    expected = _expected_marts(bench, export)
+    result_path = bench.workdir / "result.json"
+    rows = expected["review_flat"]["rows"]
+
+    def verify(result: dict) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        bench.expect(checks, "review_flat_rows_reported", result["review_flat_rows"], rows)
+        _verify_gold(bench, expected, checks)
+        return checks
+
+    gold = Measurement("gold", "gold", "system",
+                       "real gold workers: build silver.review_flat + refresh the 5 gold marts (Iceberg)", rows=rows)
+    bench.measure(gold, _stage_argv("gold", "--home", bench.lake_dir, "--result", result_path),
+                  before=lambda: bench.restore("gold-input"), verify=verify, result_path=result_path)
+    for tool in ("duckdb", "spark"):
+        m = Measurement(f"gold.ref_{tool}", "gold", "reference",
+                        {"duckdb": "DuckDB SQL over the silver Parquet: review_flat + 5 marts -> Parquet",
+                         "spark": f"pyspark {ref.SPARK_MASTER}: the same SQL -> Parquet"}[tool], rows=rows)
+        if tool == "spark" and not bench.spark:
+            bench.skip(m, bench.spark_note)
+            continue
+        output = bench.outputs / f"gold-{tool}"
+
+        def verify_ref(result: dict, output=output) -> dict[str, Any]:
+            checks: dict[str, Any] = {}
+            bench.expect(checks, "review_flat_rows", result["rows"]["review_flat"], rows)
+            for name, columns in ref.MART_CHECK_COLUMNS.items():
+                got = content_checksum(ref.read_output(output / (name if tool == "spark" else f"{name}.parquet")),
+                                       columns).as_dict()
+                bench.expect(checks, f"{name}_checksum", got, expected[name])
+            return checks
+
+        bench.measure(m, _stage_argv(f"ref-{tool}-gold", "--input", export, "--output", output, "--result",
+                                     result_path), verify=verify_ref, result_path=result_path)
+
+
+def stage_e2e(bench: Bench) -> None:
+    _ensure_landed(bench)
+    export = _ensure_gold_input(bench)
+    expected = _expected_marts(bench, export)
+    base = bench.dataset.expected("base")
+
+    def verify(_: dict) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        review = bench.silver_table("review")
+        bench.expect(checks, "silver_review_checksum", content_checksum(review, review_columns()).as_dict(), base)
+        _verify_gold(bench, expected, checks)
+        lake = bench.lake()
+        bad = [s for (_, _, s), n in lake.ledger.counts().items() if s != "success" and n]
+        bench.expect(checks, "ledger_items_not_success", bad, [])
+        return checks
+
+    m = Measurement("e2e", "e2e", "system",
+                    "`datamaster run` on a fresh DATAMASTER_HOME: landed raw files -> bronze -> silver -> gold",
+                    rows=base["rows"])
+    bench.measure(m, [*_datamaster_cli(), "run"], before=lambda: bench.restore("landed"), verify=verify)
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Bench], None]] = {
+    "bronze": stage_bronze,
+    "silver": stage_silver,
+    "gold": stage_gold,
+    "e2e": stage_e2e,
+}
+
+
+def _spark_choice(spark: bool | None, quick: bool) -> tuple[bool, str]:
+    if spark is False:
+        return False, "skipped: pyspark references turned off"
+    if not ref.java_available():
+        return False, "skipped: no Java runtime (JAVA_HOME unset and no java on PATH)"
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return False, "skipped: pyspark is not installed (pip install 'datamaster[spark]')"
+    if spark is None and quick:
+        return False, "skipped in --quick (JVM start alone takes ~10 s per run)"
+    return True, ""
+
+
+def bench_command(quick: bool, runs: int, stages: list[str] | None, out: Path) -> str:
+    parts = ["datamaster", "bench"]
+    if quick:
+        parts.append("--quick")
+    parts += ["--runs", str(runs)]
+    for s in stages or []:
+        parts += ["--stage", s]
+    parts += ["--out", str(out)]
+    return " ".join(parts)
+
+
+def bench_main(
+    *,
+    quick: bool,
+    runs: int,
+    out: Path,
+    stages: list[str] | None,
+    cache_dir: Path,
+    reviews: int | None = None,
+    spark: bool | None = None,
+    seed: int = DEFAULT_SEED,
+    keep_workdir: bool = False,
+) -> dict:
+    """Run the benchmark, print the tables, write the JSON report to ``out`` and return it.
+
+    ``reviews`` overrides the size (default: 1,586,614, or 50,000 with ``quick``); ``spark`` forces
+    the pyspark references on or off (default: on when Java and pyspark are present, off in quick).
+    """
+    chosen = list(dict.fromkeys(stages)) if stages else list(STAGES)
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    n = reviews if reviews is not None else (QUICK_REVIEWS if quick else FULL_SIZE_REVIEWS)
+    started = time.perf_counter()
+    cache_dir = Path(cache_dir).absolute()
+    print(f"datamaster bench: {n:,} reviews, {runs} run(s) per measurement, stages {', '.join(chosen)}", flush=True)
+    dataset, generated = ensure_dataset(cache_dir, n, seed)
+    print(f"  data set {'generated' if generated else 'cached'} in {dataset.directory}", flush=True)
+    use_spark, spark_note = _spark_choice(spark, quick)
+    workdir = cache_dir / "work"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    bench = Bench(dataset, workdir, runs, use_spark, spark_note)
+    try:
+        for stage in STAGES:
+            if stage in chosen:
+                print(f"[{stage}]", flush=True)
+                STAGE_FUNCTIONS[stage](bench)
+    finally:
+        if not keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    measurements = [m.as_dict() for m in bench.measurements]
+    report = {
+        "command": bench_command(quick, runs, stages, out),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "full_size": n == FULL_SIZE_REVIEWS,
+        "runs": runs,
+        "stages": chosen,
+        "machine": machine_info(),
+        "dataset": {
+            "reviews": n,
+            "seed": seed,
+            "updates": dataset.updates,
+            "inserts": dataset.inserts,
+            "files": dataset.manifest["files"],
+            "expected": dataset.manifest["expected"],
+            "generated_now": generated,
+            "generated_in_s": dataset.manifest["generated_in_s"],
+        },
+        "measurements": measurements,
+        "verified": all(c["ok"] for m in bench.measurements for c in m.checks.values()),
+        "duration_s": round(time.perf_counter() - started, 1),
+    }
+    report["targets"] = evaluate_targets(measurements, full_size=report["full_size"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(format_report(report), flush=True)
+    print(f"report written to {out}", flush=True)
+    return report
