@@ -7,9 +7,9 @@ change to Kinesis (``{"data": {...}, "metadata": {"record-type", "operation", "t
 (dynamic partitioning), gzip-compressed, as ``.json.gz`` files the landing sensor picks up.
 
 Output: the DMS envelope itself, re-serialised compactly as one line ending in ``\\n`` (Firehose
-concatenates records). The bronze reader accepts the envelope, and keeping it is lossless: DMS
-omits null columns, and the envelope keeps "absent" distinct from "null" without colliding with a
-source column that happens to be called ``operation``.
+concatenates records). The bronze reader (``ingest/cdc.py``) accepts the envelope, and keeping it
+is lossless: every DMS metadata field survives for replay or audit, and no source column can
+collide with a metadata name such as ``operation``, as it could in a flattened line.
 
 Results per record:
 - ``Ok``: a data change of a known table, with a known operation;

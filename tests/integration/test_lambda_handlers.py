@@ -194,7 +194,7 @@ def test_firehose_router_routes_good_drops_control_and_fails_malformed(capsys):
 
     line = base64.b64decode(records[0]["data"])
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert json.loads(line) == good_review  # envelope kept: "review_aroma": null stays distinct from absent
+    assert json.loads(line) == good_review  # the envelope, unchanged
     assert records[0]["metadata"] == {"partitionKeys": {"table_name": "review"}}
     assert records[1]["metadata"] == {"partitionKeys": {"table_name": "beer"}}
     # Failed records go back unchanged, for Firehose's error output prefix.
@@ -225,3 +225,30 @@ def test_firehose_router_output_is_valid_gzip_json_lines_when_concatenated():
     body = gzip.compress(b"".join(base64.b64decode(r["data"]) for r in response["records"]))
     lines = gzip.decompress(body).decode().splitlines()
     assert [json.loads(line)["data"]["review_id"] for line in lines] == list(range(5))
+
+
+def test_router_output_is_read_by_the_bronze_cdc_reader():
+    """What Firehose writes from the router's Ok records parses as typed rows in bronze."""
+    import io
+
+    from datamaster_assets.contracts import get_contract
+    from datamaster_assets.ingest.cdc import CdcReader
+    from datamaster_assets.ingest.stream import iter_chunks
+
+    row = {"review_id": 7, "brewery_id": 1, "beer_id": 2, "profile_id": 3, "review_overall": 4.5,
+           "review_time": 1325376000}
+    payloads = [
+        json.dumps(dms("review", "insert", data=row)).encode(),
+        json.dumps(dms("review", "update", data={**row, "review_overall": 3.0})).encode(),
+        json.dumps(dms("review", "delete", data={"review_id": 7})).encode(),
+        json.dumps(dms("awsdms_status", "create-table", record_type="control")).encode(),
+    ]
+    response = firehose_router.handler(firehose_event(payloads), None)
+    written = gzip.compress(b"".join(base64.b64decode(r["data"]) for r in response["records"] if r["result"] == "Ok"))
+
+    reader = CdcReader(get_contract("review"))
+    batches = [reader.parse(chunk) for chunk in iter_chunks(io.BytesIO(written), "raw/review/x.json.gz", 1000)]
+    assert sum(b.columns.num_rows for b in batches) == 3 and not any(b.rejects for b in batches)
+    [batch] = batches
+    assert batch.ops.to_pylist() == ["insert", "update", "delete"]
+    assert batch.columns.column("review_overall").to_pylist() == [4.5, 3.0, None]
