@@ -248,14 +248,16 @@ class BronzeCompute(dg.ConfigurableResource):
             )
         return item.compute_target
 
-    def run_item(self, context: Any, item: LedgerItem, *, asset_key: str | None = None) -> ItemOutcome:
+    def run_item(
+        self, context: Any, item: LedgerItem, *, asset_key: str | None = None, lake: Any = None
+    ) -> ItemOutcome:
         """Process ``item`` where it belongs. Never raises for a failed item: a launch failure or a
         crashed worker comes back as an outcome (the ledger keeps the item reclaimable)."""
         target = self.target_for(item)
         owner = f"{target}:{context.run_id}"
         try:
             if target == "inprocess" and self.inprocess_mode == "call":
-                return self._call_inprocess(item, owner)
+                return self._call_inprocess(item, owner, lake)
             extras = {EXTRA_CONTROL_ID: item.control_id, EXTRA_ASSET_KEY: _target_asset_key(context, item.table_name, asset_key)}
             launch = {"inprocess": self._run_subprocess, "lambda": self._run_lambda, "ecs": self._run_ecs}[target]
             metadata = reported_metadata(launch(context, item, owner, extras))
@@ -266,11 +268,11 @@ class BronzeCompute(dg.ConfigurableResource):
         status = str(metadata.get("status") or "unreported")
         return ItemOutcome(item.control_id, target, status, metadata, metadata.get("error_message"))
 
-    def _call_inprocess(self, item: LedgerItem, owner: str) -> ItemOutcome:
+    def _call_inprocess(self, item: LedgerItem, owner: str, lake: Any = None) -> ItemOutcome:
         from datamaster_assets.lake.factory import open_lake
         from datamaster_assets.workers.bronze import process_bronze_item
 
-        result = process_bronze_item(open_lake(Settings.from_env()), item.control_id, owner=owner)
+        result = process_bronze_item(lake or open_lake(Settings.from_env()), item.control_id, owner=owner)
         metadata = {**result_metadata(result, item.control_id), "compute_target": "inprocess"}
         return ItemOutcome(item.control_id, "inprocess", str(metadata["status"]), metadata, metadata.get("error_message"))
 

@@ -31,3 +31,11 @@ class LakeResource(dg.ConfigurableResource):
 
     def open(self) -> Lake:
         return open_lake(self.settings())
+
+
+def dagster_metadata(plain: dict) -> dict:
+    """Plain worker metadata -> Dagster metadata: Markdown previews rendered as Markdown."""
+    return {
+        key: dg.MetadataValue.md(value) if isinstance(value, str) and (key.endswith("preview") or "\n" in value) else value
+        for key, value in plain.items()
+    }

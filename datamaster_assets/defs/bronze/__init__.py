@@ -1,0 +1,180 @@
+"""bronze/<table>: typed, masked Parquet per raw file; the control-table sensor that feeds it."""
+
+
+import dagster as dg
+
+from datamaster_assets.contracts import Contract, load_contracts
+from datamaster_assets.defs.compute import BronzeCompute, ItemOutcome
+from datamaster_assets.defs.raw import raw_key
+from datamaster_assets.defs.resources import LakeResource
+from datamaster_assets.lake.batching import plan_batches
+from datamaster_assets.lake.landing import file_format_of
+from datamaster_assets.lake.ledger import Layer, LedgerItem
+
+BRONZE_GROUP = "bronze"
+
+
+def bronze_key(table: str) -> dg.AssetKey:
+    return dg.AssetKey(["bronze", table])
+
+
+def op_name(key: dg.AssetKey) -> str:
+    return "__".join(key.path)
+
+
+class BronzeRunConfig(dg.Config):
+    """Ledger items to process; empty means every claimable raw file of the table."""
+
+    control_ids: list[str] = []
+
+
+def bronze_metadata(outcomes: list[ItemOutcome]) -> dict:
+    """One materialization's metadata for a batch of processed files."""
+    done = [o.metadata for o in outcomes if o.status == "success"]
+    failed = [o for o in outcomes if o.status != "success"]
+    metadata = {
+        "dagster/row_count": sum(m.get("accepted", 0) for m in done),
+        "files_processed": len(done),
+        "files_failed": len(failed),
+        "records_read": sum(m.get("records_read", 0) for m in done),
+        "records_rejected": sum(m.get("rejected", 0) for m in done),
+        "control_records_skipped": sum(m.get("control_records", 0) for m in done),
+        "output_keys": dg.MetadataValue.md("\n".join(f"- `{m['output_key']}`" for m in done if m.get("output_key")) or "none"),
+        "duration_ms": sum(int(o.metadata.get("duration_ms") or 0) for o in outcomes),
+        "compute_targets": ", ".join(sorted({o.compute_target for o in outcomes})) or "none",
+    }
+    if failed:
+        metadata["failures"] = dg.MetadataValue.md(
+            "\n".join(f"- `{o.control_id}` **{o.status}**: {o.error_message}" for o in failed)
+        )
+    return metadata
+
+
+def bronze_check_results(outcomes: list[ItemOutcome], reject_rate_threshold: float) -> list[dg.AssetCheckResult]:
+    done = [o.metadata for o in outcomes if o.status == "success"]
+    unbalanced = [m["control_id"] for m in done if m.get("accepted", 0) + m.get("rejected", 0) != m.get("records_read", 0)]
+    rates = {m["control_id"]: m.get("rejected", 0) / m["records_read"] for m in done if m.get("records_read")}
+    too_many = [cid for cid, rate in rates.items() if rate > reject_rate_threshold]
+    return [
+        dg.AssetCheckResult(
+            check_name="counts_reconcile",
+            passed=not unbalanced,
+            metadata={"files_checked": len(done), "unbalanced": ", ".join(unbalanced) or "none"},
+        ),
+        dg.AssetCheckResult(
+            check_name="reject_rate",
+            passed=not too_many,
+            metadata={
+                "threshold": reject_rate_threshold,
+                "worst_rate": max(rates.values(), default=0.0),
+                "over_threshold": ", ".join(too_many) or "none",
+            },
+        ),
+    ]
+
+
+def make_bronze_asset(contract: Contract, reject_rate_threshold: float) -> dg.AssetsDefinition:
+    table = contract.name
+    key = bronze_key(table)
+
+    @dg.asset(
+        key=key,
+        deps=[raw_key(table)],
+        group_name=BRONZE_GROUP,
+        kinds={"parquet"},
+        pool="bronze",
+        description=f"Typed, PII-masked zstd Parquet per raw {table} file, with lineage columns; "
+        f"bad rows in rejects/{table}/.",
+        check_specs=[
+            dg.AssetCheckSpec("counts_reconcile", asset=key, blocking=True,
+                              description="accepted + rejected = records read, for every file of the run"),
+            dg.AssetCheckSpec("reject_rate", asset=key, blocking=True,
+                              description=f"rejected / read at most {reject_rate_threshold:.0%} per file"),
+        ],
+    )
+    def _bronze(
+        context: dg.AssetExecutionContext, config: BronzeRunConfig, lake: LakeResource, bronze_compute: BronzeCompute
+    ) -> dg.MaterializeResult:
+        service = lake.open()
+        items = (
+            [service.ledger.get(cid) for cid in config.control_ids]
+            if config.control_ids
+            else service.ledger.claimable(Layer.BRONZE.value, table, limit=100_000)
+        )
+        outcomes = []
+        for item in items:
+            if item is None:
+                context.log.error("a requested control id is not in the ledger")
+                continue
+            outcome = bronze_compute.run_item(context, item, asset_key=key.to_user_string(), lake=service)
+            m = outcome.metadata
+            if outcome.status == "skipped":
+                context.log.info(f"{item.control_id}: claimed elsewhere, skipped")
+                continue
+            log = context.log.info if outcome.status == "success" else context.log.error
+            log(f"{item.control_id} {outcome.status} on {outcome.compute_target}: read={m.get('records_read', 0)} "
+                f"accepted={m.get('accepted', 0)} rejected={m.get('rejected', 0)} -> {m.get('output_key') or '-'}"
+                + (f" ({outcome.error_message})" if outcome.error_message else ""))
+            outcomes.append(outcome)
+        return dg.MaterializeResult(
+            metadata=bronze_metadata(outcomes), check_results=bronze_check_results(outcomes, reject_rate_threshold)
+        )
+
+    return _bronze
+
+
+def bronze_assets(reject_rate_threshold: float) -> list[dg.AssetsDefinition]:
+    return [make_bronze_asset(c, reject_rate_threshold) for c in load_contracts().values()]
+
+
+def _unprocessable_reason(item: LedgerItem) -> str | None:
+    if item.table_name not in load_contracts():
+        return (f"{item.object_key}: no contract for table {item.table_name!r} "
+                f"(known: {', '.join(load_contracts())}); add a contract or move the file")
+    if file_format_of(item.object_key) not in load_contracts()[item.table_name].formats:
+        return (f"{item.object_key}: format {file_format_of(item.object_key)!r} is not accepted for "
+                f"table {item.table_name!r} (expected {', '.join(load_contracts()[item.table_name].formats)})")
+    return None
+
+
+bronze_job = dg.define_asset_job(
+    "bronze_job", selection=dg.AssetSelection.groups(BRONZE_GROUP), tags={"datamaster/layer": "bronze"}
+)
+
+
+@dg.sensor(
+    name="bronze_control_sensor",
+    job=bronze_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Reads claimable bronze items from the control ledger and requests one bronze run per "
+    "bounded batch per table (run_key from the batch's items and attempts).",
+)
+def bronze_control_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+    service = lake.open()
+    settings = service.settings
+    claimable = service.ledger.claimable(Layer.BRONZE.value, limit=10 * settings.batch_max_files)
+    runnable = []
+    for item in claimable:
+        reason = _unprocessable_reason(item)
+        if reason is None:
+            runnable.append(item)
+            continue
+        claimed = service.ledger.claim(item.control_id, "bronze_control_sensor", settings.lease_seconds)
+        if claimed is not None:
+            service.ledger.fail(item.control_id, "bronze_control_sensor", reason, permanent=True)
+            context.log.warning(f"quarantined {item.control_id}: {reason}")
+    batches = plan_batches(runnable, max_files=settings.batch_max_files, max_bytes=settings.batch_max_bytes)
+    requests = [
+        dg.RunRequest(
+            run_key=batch.run_key,
+            asset_selection=[bronze_key(batch.table_name)],
+            run_config={"ops": {op_name(bronze_key(batch.table_name)): {"config": {"control_ids": batch.control_ids}}}},
+            tags={"datamaster/layer": "bronze", "datamaster/table": batch.table_name,
+                  "datamaster/files": str(len(batch.items))},
+        )
+        for batch in batches
+    ]
+    if not requests:
+        return dg.SensorResult(skip_reason=dg.SkipReason("no claimable bronze items"))
+    return dg.SensorResult(run_requests=requests)

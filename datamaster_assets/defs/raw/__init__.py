@@ -1,6 +1,5 @@
 """raw/<table>: files landed by producers (external assets), and the sensor that registers them."""
 
-from __future__ import annotations
 
 from collections import Counter
 
@@ -61,5 +60,3 @@ def raw_landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) 
     )
     return dg.SensorResult(asset_events=events, cursor=result.cursor.serialize())
 
-
-defs = dg.Definitions(assets=raw_specs, sensors=[raw_landing_sensor])

@@ -1,0 +1,182 @@
+"""The `datamaster` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import click
+
+from datamaster_assets.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _lake():
+    from datamaster_assets.lake.factory import open_lake
+
+    return open_lake(_settings())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """datamaster: a medallion data lake (raw -> bronze -> silver -> gold) on Dagster.
+
+    Environment: DATAMASTER_ENV (local|aws, default local), DATAMASTER_HOME (default ./.datamaster).
+    """
+
+
+@main.command()
+@click.option("--reviews", type=click.IntRange(min=1), default=None, help="Reviews to generate (default: demo size).")
+@click.option("--changes", is_flag=True, help="Also land later CDC change files (updates, deletes, re-inserts, ...).")
+@click.option("--seed", "rng_seed", type=int, default=42, show_default=True, help="Random seed.")
+def seed(reviews: int | None, changes: bool, rng_seed: int) -> None:
+    """Write sample raw files (CDC dims, batch reviews) into the landing area."""
+    from datamaster_assets.seed import DEFAULT_DEMO_REVIEWS, seed_raw
+
+    summary = seed_raw(_lake(), reviews=reviews or DEFAULT_DEMO_REVIEWS, changes=changes, seed=rng_seed)
+    click.echo(summary.describe())
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--table", required=True, help="Target table (a contract name).")
+def land(files: tuple[Path, ...], table: str) -> None:
+    """Land local files into raw/<table>/ as a producer would."""
+    from datamaster_assets.lake.landing import land_file
+
+    lake = _lake()
+    for path in files:
+        try:
+            info = land_file(lake.raw, table, path)
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"landed {path} -> {info.key} ({info.size:,} bytes)")
+
+
+def status_report(lake) -> dict:
+    counts = lake.ledger.counts()
+    per: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    for (layer, table, status), n in sorted(counts.items()):
+        per[layer][table][status] = n
+    from datamaster_assets.lake.ledger import Status
+
+    problems = [
+        {
+            "control_id": i.control_id,
+            "layer": i.layer,
+            "table": i.table_name,
+            "object_key": i.object_key,
+            "status": i.status.value,
+            "attempts": i.attempt_count,
+            "error_message": i.error_message,
+        }
+        for status in (Status.QUARANTINED, Status.ERROR)
+        for i in lake.ledger.items(status=status)
+    ]
+    return {"counts": {layer: dict(tables) for layer, tables in per.items()}, "problems": problems}
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def status(fmt: str) -> None:
+    """Ledger counts per layer, table and status, and the quarantined/errored items."""
+    report = status_report(_lake())
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    statuses = ["pending", "running", "success", "error", "quarantined"]
+    click.echo(f"{'layer':<8}{'table':<12}" + "".join(f"{s:>13}" for s in statuses))
+    for layer, tables in report["counts"].items():
+        for table, by_status in tables.items():
+            click.echo(f"{layer:<8}{table:<12}" + "".join(f"{by_status.get(s, 0):>13,}" for s in statuses))
+    if not report["counts"]:
+        click.echo("(the ledger is empty: land files with `datamaster land` or `datamaster seed`)")
+    if report["problems"]:
+        click.echo("\nNeeds attention (bring back with `datamaster requeue CONTROL_ID`):")
+        for p in report["problems"]:
+            click.echo(f"  {p['control_id']}  {p['status']:<11} {p['layer']}/{p['table']}  {p['object_key']}")
+            click.echo(f"      attempts={p['attempts']}  {p['error_message']}")
+
+
+@main.command()
+@click.argument("control_ids", nargs=-1)
+@click.option("--table", default=None, help="Requeue every quarantined/errored item of this table.")
+@click.option("--layer", type=click.Choice(["bronze", "silver"]), default=None)
+@click.option("--all", "requeue_all", is_flag=True, help="Requeue every quarantined/errored item.")
+def requeue(control_ids: tuple[str, ...], table: str | None, layer: str | None, requeue_all: bool) -> None:
+    """Bring quarantined (or errored) items back to pending, attempts reset."""
+    if not (control_ids or table or layer or requeue_all):
+        raise click.UsageError("name CONTROL_IDS, or --table/--layer, or --all")
+    items = _lake().ledger.requeue(list(control_ids) or None, table_name=table, layer=layer)
+    for item in items:
+        click.echo(f"requeued {item.control_id} {item.layer}/{item.table_name} {item.object_key}")
+    click.echo(f"{len(items)} item(s) back to pending")
+
+
+def _print_report(report) -> None:
+    click.echo(f"Dagster run {report.run_id}: {'succeeded' if report.success else 'FAILED'}; "
+               f"{report.newly_registered} newly landed file(s) registered")
+    for failure in report.failures:
+        click.echo(f"  FAILED: {failure}", err=True)
+
+
+@main.command()
+def run() -> None:
+    """Process everything pending now: register, bronze, silver, review_flat, gold (one Dagster run)."""
+    from datamaster_assets.defs.ops.runner import run_pipeline
+
+    report = run_pipeline(_settings())
+    _print_report(report)
+    for asset, meta in sorted(report.materializations.items()):
+        click.echo(f"  {asset:<36} rows={meta.get('dagster/row_count', '-')}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def query(sql: str, fmt: str) -> None:
+    """Run DuckDB SQL over silver.<table>, gold.<mart> and bronze.<table>."""
+    from datamaster_assets.transform.query import QueryError, format_table, run_query
+
+    try:
+        table = run_query(_lake(), sql)
+    except QueryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_table(table, fmt))
+
+
+@main.command()
+@click.option("--reviews", type=click.IntRange(min=1), default=None, help="Reviews to generate (1586614 = full size).")
+def demo(reviews: int | None) -> None:
+    """Seed (once) and run raw -> gold, then print what happened and where to look next."""
+    from datamaster_assets.demo import run_demo
+
+    sys.exit(run_demo(_settings(), reviews=reviews, echo=click.echo))
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True)
+def dev(port: int) -> None:
+    """Open the Dagster UI on the same DATAMASTER_HOME (dagster dev)."""
+    from datamaster_assets.defs.ops.instance import REPO_ROOT, ensure_dagster_home
+
+    ensure_dagster_home(_settings())
+    workspace = REPO_ROOT / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "datamaster_assets.definitions"]
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster), [str(dagster), "dev", *target, "-p", str(port)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`datamaster run`: process everything pending now, through the Dagster instance in DATAMASTER_HOME."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from datamaster_assets.defs.ops.instance import ensure_dagster_home
+from datamaster_assets.lake.factory import open_lake
+from datamaster_assets.lake.landing import LandingCursor, register_new_objects
+from datamaster_assets.lake.ledger import Status
+from datamaster_assets.settings import Settings
+
+PIPELINE_JOB = "medallion_job"
+
+
+@dataclass
+class PipelineReport:
+    run_id: str
+    success: bool
+    newly_registered: int
+    materializations: dict[str, dict[str, Any]] = field(default_factory=dict)  # asset path -> metadata
+    failed_checks: list[str] = field(default_factory=list)
+    failed_steps: list[str] = field(default_factory=list)
+    failed_items: list[str] = field(default_factory=list)  # ledger items this run left in error/quarantined
+
+    @property
+    def failures(self) -> list[str]:
+        return self.failed_steps + self.failed_checks + self.failed_items
+
+    @property
+    def ok(self) -> bool:
+        return self.success and not self.failures
+
+
+def _failed_item_ids(lake) -> set[str]:
+    return {
+        i.control_id
+        for status in (Status.ERROR, Status.QUARANTINED)
+        for i in lake.ledger.items(status=status)
+    }
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def run_pipeline(settings: Settings | None = None) -> PipelineReport:
+    settings = settings or Settings.from_env()
+    ensure_dagster_home(settings)
+    from datamaster_assets.definitions import defs  # after DAGSTER_HOME is set
+
+    lake = open_lake(settings)
+    failed_before = _failed_item_ids(lake)
+    # A fresh cursor means a full listing: registration is idempotent, so this only adds what's new.
+    landing = register_new_objects(settings, lake.raw, lake.ledger, LandingCursor())
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def(PIPELINE_JOB)
+    result = job.execute_in_process(instance=instance, raise_on_error=False, tags={"datamaster/trigger": "cli"})
+
+    report = PipelineReport(run_id=result.run_id, success=result.success, newly_registered=len(landing.registered))
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        report.materializations["/".join(mat.asset_key.path)] = {k: _plain(v) for k, v in mat.metadata.items()}
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                report.failed_checks.append(
+                    f"check {'/'.join(evaluation.asset_key.path)}:{evaluation.check_name} failed"
+                )
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            error = event.event_specific_data.error
+            report.failed_steps.append(f"step {event.step_key} failed: {error.message.strip() if error else ''}")
+    for control_id in sorted(_failed_item_ids(lake) - failed_before):
+        item = lake.ledger.get(control_id)
+        report.failed_items.append(f"{item.layer} {item.table_name} {item.object_key} {item.status.value}: {item.error_message}")
+    return report
