@@ -21,13 +21,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datamaster_assets.contracts import BRONZE_LINEAGE, CDC_OPERATIONS, Contract
+from datamaster_assets.contracts import CDC_OPERATIONS, Contract
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 AUDIT_COLUMNS = ("created_at", "updated_at", "deleted_at")
 WATERMARK_COLUMNS = ("_change_ts", "_change_seq", "_source_key")
 # Total order of changes (DESIGN section 6): time, sequence within the source, file, line.
 CHANGE_ORDER = ("_change_ts", "_change_seq", "_source_key", "_source_line")
+# The bronze lineage columns the merge reads (the others, _control_id and _ingested_at, are not
+# needed, so the worker does not even read them from the Parquet files).
+MERGE_LINEAGE = ("_op",) + CHANGE_ORDER
+
+
+def change_schema(contract: Contract) -> pa.Schema:
+    """What the merge reads from bronze: the contract columns and MERGE_LINEAGE, bronze-typed."""
+    bronze = contract.bronze_schema
+    return pa.schema([bronze.field(name) for name in contract.column_names + list(MERGE_LINEAGE)])
 
 
 def silver_schema(contract: Contract) -> pa.Schema:
@@ -93,7 +102,7 @@ def validate_changes(changes: pa.Table, contract: Contract) -> list[str]:
 
     Messages name the field and the first offending ``_source_line``.
     """
-    required = contract.column_names + [f.name for f in BRONZE_LINEAGE]
+    required = change_schema(contract).names
     missing = [c for c in required if c not in changes.column_names]
     if missing:
         return [f"missing columns {missing}"]
@@ -118,8 +127,8 @@ def _first_line(changes: pa.Table, mask: pa.ChunkedArray) -> int | None:
 
 
 def conform_changes(changes: pa.Table, contract: Contract) -> pa.Table:
-    """Select and cast to the bronze schema (fails with pyarrow's message if a type cannot cast)."""
-    schema = contract.bronze_schema
+    """Select and cast to ``change_schema`` (fails with pyarrow's message if a type cannot cast)."""
+    schema = change_schema(contract)
     return changes.select(schema.names).cast(schema)
 
 
@@ -220,7 +229,8 @@ def _take_or_nulls(column: pa.ChunkedArray, positions: pa.Array) -> pa.Array:
 
 
 def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contract) -> MergeResult:
-    """Apply bronze change rows (``contract.bronze_schema``) to the current silver table.
+    """Apply bronze change rows (``contract.bronze_schema``, or just ``change_schema``) to the
+    current silver table.
 
     With the changes in order, the result equals applying them one at a time in CHANGE_ORDER and
     skipping every change that is not newer than the row's stored watermark.
@@ -346,7 +356,9 @@ def _table(columns: dict, schema: pa.Schema) -> pa.Table:
 
 
 def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
 
 
 def live_rows(silver: pa.Table) -> pa.Table:

@@ -30,6 +30,7 @@ from datamaster_assets.lake.objectstore import ObjectStore
 from datamaster_assets.transform.silver import (
     OUTCOMES,
     MergeResult,
+    change_schema,
     conform_changes,
     merge_changes,
     silver_schema,
@@ -98,14 +99,14 @@ class SilverApplyResult:
 
 
 def read_bronze_file(store: ObjectStore, key: str, contract: Contract) -> pa.Table:
-    """A bronze Parquet file as a table of ``contract.bronze_schema``. Raises BadBronzeFile for
+    """The merge's columns of a bronze Parquet file (``change_schema``). Raises BadBronzeFile for
     content that can never merge; OSError (e.g. a missing object) passes through as retryable."""
     path = store.local_path(key)
     try:
-        if path is not None:
-            raw = pq.read_table(path)
-        else:
-            raw = pq.read_table(io.BytesIO(store.read_bytes(key)))
+        source = path if path is not None else io.BytesIO(store.read_bytes(key))
+        parquet = pq.ParquetFile(source)
+        wanted = [n for n in change_schema(contract).names if n in parquet.schema_arrow.names]
+        raw = parquet.read(columns=wanted)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadBronzeFile(f"bronze file {key} is not readable Parquet: {exc}") from exc
     problems = validate_changes(raw, contract)
