@@ -178,7 +178,14 @@ def apply_pending_silver(
 
     if loaded:
         changes = pa.concat_tables([t for _, t in loaded])
-        outcome, stored = commit_merge(lake.catalog, identifier, contract, changes)
+        try:
+            outcome, stored = commit_merge(lake.catalog, identifier, contract, changes)
+        except Exception as exc:
+            # Nothing was committed: release the files for a retry, then let the caller see it.
+            for item, _ in loaded:
+                _fail(ledger, item, owner, f"merging bronze file {item.object_key} into {identifier} failed: {exc}",
+                      permanent=False, now=now, result=result)
+            raise
         result.snapshot_id, result.committed, result.commit_attempts = (
             outcome.snapshot_id, outcome.committed, outcome.attempts)
         result.change_rows = changes.num_rows

@@ -249,3 +249,23 @@ def test_max_files_limits_the_batch(lake: Lake):
     rest = apply_pending_silver(lake, "brewery", owner="test")
     assert rest.files_applied == 1 and rest.live_rows == 3
     assert BASE_TS.tzinfo is not None
+
+
+def test_failed_commit_releases_the_files_for_a_retry(lake: Lake):
+    key = land_bronze(lake, "a", bronze_table("brewery", [{"op": "insert", "t": 1, "brewery_id": 1,
+                                                           "brewery_name": "A"}]))
+
+    class BrokenCatalog:
+        def load_table(self, identifier):
+            raise CommitFailedException("catalog unavailable")
+
+    lake.__dict__["catalog"] = BrokenCatalog()  # Lake.catalog is a cached property
+    with pytest.raises(CommitFailedException):
+        apply_pending_silver(lake, "brewery", owner="test")
+    item = items_by_key(lake)[key]
+    assert item.status is Status.ERROR
+    assert item.error_message == f"merging bronze file {key} into silver.brewery failed: catalog unavailable"
+
+    del lake.__dict__["catalog"]
+    assert apply_pending_silver(lake, "brewery", owner="test").files_applied == 1
+    assert brewery_state(lake) == {1: ("A", False)}
