@@ -25,7 +25,7 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Chunk:
-    data: bytes  # whole lines, newline-terminated except possibly the file's last line
+    data: bytes | bytearray  # whole lines, newline-terminated except possibly the file's last line
     first_line: int  # physical 1-based line number of the first line in ``data``
     line_count: int
 
@@ -87,54 +87,76 @@ def open_decompressed(source: Path | BinaryIO, source_key: str) -> tuple[BinaryI
 
 
 FIRST_READ_BYTES = 64 * 1024
+# Upper bound on a chunk whatever the line length: parser memory is a few times the chunk size.
+MAX_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def _read(stream: BinaryIO, size: int, source_key: str, next_line: int) -> bytes:
+def _fill(stream: BinaryIO, size: int, leftover: bytes, source_key: str, next_line: int) -> bytearray:
+    """A new buffer: ``leftover`` followed by up to ``size`` decompressed bytes. (One large
+    ``read`` is the cheapest way through isal's reader; ``readinto`` costs more.)"""
+    buf = bytearray(leftover)
+    want = len(buf) + size
     try:
-        return stream.read(size)
+        while len(buf) < want:  # a plain (non-buffered) stream may return short reads
+            block = stream.read(want - len(buf))
+            if not block:
+                break
+            buf += block
     except EOFError as exc:
         raise BadInputError(source_key, f"truncated gzip stream ({exc}) after line {next_line - 1}") from exc
     except (OSError, ValueError, isal_zlib.error) as exc:  # BadGzipFile, CRC and inflate errors
         raise BadInputError(source_key, f"corrupt gzip stream ({exc}) after line {next_line - 1}") from exc
+    return buf
 
 
 def _read_chunks(stream: BinaryIO, source_key: str, batch_lines: int) -> Iterator[Chunk]:
     """Chunks of about ``batch_lines`` lines: the mean line length measured on the first 64 KiB
     turns the line target into a byte target, so no per-line scanning is needed."""
-    buf = b""
+    leftover = b""
     next_line = 1
     target: int | None = None
-    eof = False
-    while not eof:
-        block = _read(stream, FIRST_READ_BYTES if target is None else target, source_key, next_line)
-        if block:
-            buf = buf + block if buf else block
-        else:
-            eof = True
+    while True:
+        size = FIRST_READ_BYTES if target is None else target
+        buf = _fill(stream, size, leftover, source_key, next_line)
+        eof = len(buf) < len(leftover) + size
         if target is None:
             newlines = buf.count(b"\n")
-            if not newlines and not eof:
-                if len(buf) > MAX_LINE_BYTES:
-                    raise BadInputError(source_key, f"line longer than {MAX_LINE_BYTES} bytes", line=next_line)
-                continue
-            target = max(1, int(batch_lines * len(buf) / max(newlines, 1)))
-        while buf and (len(buf) >= target or eof):
-            if eof and len(buf) <= target:
-                cut = len(buf) - 1
+            target = max(1, min(MAX_CHUNK_BYTES, int(batch_lines * len(buf) / max(newlines, 1))))
+        if not buf:
+            return
+        # cut into pieces of about ``target`` bytes at line ends; the partial last line carries over
+        start = 0
+        leftover = b""
+        while start < len(buf):
+            if len(buf) - start <= target + target // 2:
+                cut = len(buf) - 1 if eof else buf.rfind(b"\n", start)
             else:
-                cut = buf.rfind(b"\n", 0, target)
+                cut = buf.rfind(b"\n", start, start + target)
                 if cut < 0:
-                    cut = buf.find(b"\n", target)
+                    cut = buf.find(b"\n", start + target)
                 if cut < 0:
-                    if not eof:
-                        if len(buf) > MAX_LINE_BYTES:
-                            raise BadInputError(source_key, f"line longer than {MAX_LINE_BYTES} bytes", line=next_line)
-                        break
-                    cut = len(buf) - 1
-            piece, buf = buf[: cut + 1], buf[cut + 1 :]
+                    cut = len(buf) - 1 if eof else -1
+            if cut < start:  # no line end yet: keep reading
+                leftover = bytes(buf[start:])
+                break
+            if start == 0 and (cut == len(buf) - 1 or len(buf) - cut - 1 < target):
+                # the usual case: the whole buffer minus a partial line, handed over without a copy
+                leftover = bytes(buf[cut + 1 :])
+                del buf[cut + 1 :]
+                piece = buf
+                start = len(buf)
+            else:
+                piece = buf[start : cut + 1]
+                start = cut + 1
             lines = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
             yield Chunk(piece, next_line, lines)
             next_line += lines
+        if eof:
+            if leftover:
+                raise AssertionError("unreachable: the last piece takes the rest at end of file")
+            return
+        if len(leftover) > MAX_LINE_BYTES:
+            raise BadInputError(source_key, f"line longer than {MAX_LINE_BYTES} bytes", line=next_line)
 
 
 _DONE = object()
