@@ -1,0 +1,204 @@
+"""End to end on a temporary DATAMASTER_HOME: land -> sensors -> bronze -> silver -> gold."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+
+from datamaster_assets.defs.ops.instance import ensure_dagster_home
+from datamaster_assets.defs.ops.runner import run_pipeline
+from datamaster_assets.lake.catalog import read_table
+from datamaster_assets.lake.factory import open_lake
+from datamaster_assets.lake.landing import land_file
+from datamaster_assets.lake.ledger import Status
+from datamaster_assets.seed import seed_raw
+from datamaster_assets.settings import Settings
+
+pytestmark = pytest.mark.slow
+SEED_TIME = datetime(2026, 11, 1, 6, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def settings(dm_home: Path) -> Settings:
+    s = Settings.from_env()
+    ensure_dagster_home(s)
+    return s
+
+
+@pytest.fixture
+def defs(settings):
+    from datamaster_assets.definitions import build_definitions
+
+    return build_definitions(settings)
+
+
+def _statuses(lake, layer: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (item_layer, _table, status), n in lake.ledger.counts().items():
+        if item_layer == layer:
+            out[status] = out.get(status, 0) + n
+    return out
+
+
+def test_sensors_register_batch_and_run_bronze(settings, defs):
+    lake = open_lake(settings)
+    summary = seed_raw(lake, reviews=3000, changes=False, now=SEED_TIME)
+    landed = sum(len(t.keys) for t in summary.tables.values())
+    instance = dg.DagsterInstance.get()
+    resources = {"lake": defs.resources["lake"]}
+
+    landing = defs.get_sensor_def("raw_landing_sensor")
+    first = landing(dg.build_sensor_context(instance=instance, resources=resources))
+    assert _statuses(lake, "bronze") == {"pending": landed}
+    assert {tuple(e.asset_key.path) for e in first.asset_events} == {
+        ("raw", "brewery"), ("raw", "beer"), ("raw", "profile"), ("raw", "review")}
+    # the next tick starts past the cursor: nothing new, nothing re-registered
+    second = landing(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=resources))
+    assert second.asset_events == [] and _statuses(lake, "bronze") == {"pending": landed}
+
+    control = defs.get_sensor_def("bronze_control_sensor")
+    requests = control(dg.build_sensor_context(instance=instance, resources=resources)).run_requests
+    repeated = control(dg.build_sensor_context(instance=instance, resources=resources)).run_requests
+    assert [r.run_key for r in requests] == [r.run_key for r in repeated]  # a repeated tick asks for nothing new
+    assert sorted(r.tags["datamaster/table"] for r in requests) == ["beer", "brewery", "profile", "review"]
+    assert sum(len(r.run_config["ops"][f"bronze__{r.tags['datamaster/table']}"]["config"]["control_ids"])
+               for r in requests) == landed
+
+    job = defs.resolve_job_def("bronze_job")
+    for request in requests:
+        result = job.execute_in_process(
+            run_config=request.run_config, asset_selection=request.asset_selection, instance=instance
+        )
+        assert result.success
+    assert _statuses(lake, "bronze") == {"success": landed}
+    assert _statuses(lake, "silver") == {"pending": landed}  # one silver item per bronze file
+    after = control(dg.build_sensor_context(instance=instance, resources=resources))
+    assert not after.run_requests
+    review_files = list((settings.objects_dir / "bronze" / "review").rglob("*.parquet"))
+    assert len(review_files) == len(summary.tables["review"].keys)
+
+
+def test_run_applies_the_change_scenario_exactly_and_is_idempotent(settings):
+    lake = open_lake(settings)
+    summary = seed_raw(lake, reviews=4000, changes=True, now=SEED_TIME)
+    report = run_pipeline(settings)
+    assert report.ok, report.failures
+
+    for table, scenario in summary.changes.tables.items():
+        silver = read_table(lake, "silver", table)
+        assert silver.num_rows == scenario.rows, table
+        keys = silver.column(scenario.key_column).to_pylist()
+        assert len(keys) == len(set(keys)), f"duplicate keys in silver.{table}"
+        by_key = {row[scenario.key_column]: row for row in silver.to_pylist()}
+        for key, expected in scenario.expected.items():
+            row = by_key[key]
+            assert (row["deleted_at"] is not None) == expected.deleted, (table, key)
+            if not expected.deleted:
+                assert row["updated_at"] == expected.change_ts, (table, key)
+                for column, value in expected.values.items():
+                    got = row[column]
+                    if column == "review_time" and value is not None:
+                        got = int(got.timestamp())
+                    if column == "email" and value is not None:
+                        assert got.split("@")[1] == value.split("@")[1] and got != value  # masked, domain kept
+                        continue
+                    assert got == value, (table, key, column)
+
+    flat = read_table(lake, "silver", "review_flat")
+    review = read_table(lake, "silver", "review")
+    live_reviews = review.filter(pc.is_null(review["deleted_at"])).num_rows
+    assert flat.num_rows == live_reviews
+    assert report.materializations["silver/review"]["dagster/row_count"] == live_reviews
+    styles = read_table(lake, "gold", "top_styles_by_popularity")
+    assert pc.sum(styles["total_reviews"]).as_py() == live_reviews  # deleted reviews never count
+
+    snapshots = {t: lake.catalog.load_table(f"silver.{t}").current_snapshot().snapshot_id
+                 for t in ("review", "beer", "brewery", "profile")}
+    again = run_pipeline(settings)
+    assert again.ok and again.newly_registered == 0
+    assert {t: lake.catalog.load_table(f"silver.{t}").current_snapshot().snapshot_id for t in snapshots} == snapshots
+
+    # the same file landed again under another name: applied, but nothing changes
+    original = summary.tables["review"].keys[-1]
+    copy = settings.home / "copy.json.gz" if original.endswith(".json.gz") else settings.home / "copy.csv.gz"
+    copy.write_bytes(lake.raw.read_bytes(original))
+    land_file(lake.raw, "review", copy, datetime(2026, 11, 2, tzinfo=timezone.utc))
+    third = run_pipeline(settings)
+    assert third.ok and third.newly_registered == 1
+    review_after = read_table(lake, "silver", "review")
+    assert review_after.num_rows == review.num_rows
+    assert review_after.filter(pc.is_null(review_after["deleted_at"])).num_rows == live_reviews
+
+
+def test_a_bad_file_is_quarantined_while_the_others_succeed_and_can_be_requeued(settings, tmp_path):
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=2000, changes=False, now=SEED_TIME)
+    bad = tmp_path / "broken.csv.gz"
+    bad.write_bytes(b"this is not gzip at all\n")
+    land_file(lake.raw, "review", bad, datetime(2026, 11, 2, tzinfo=timezone.utc))
+    truncated = tmp_path / "truncated.csv.gz"
+    full = gzip.compress(b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,"
+                         b"review_appearance,review_palate,review_taste,review_time\n" + b"1,2,3,4,4.0,4,4,4,4,1200000000\n" * 500)
+    truncated.write_bytes(full[: len(full) // 2])
+    land_file(lake.raw, "review", truncated, datetime(2026, 11, 2, 0, 1, tzinfo=timezone.utc))
+
+    report = run_pipeline(settings)
+    assert not report.ok
+    assert len(report.failed_items) == 2
+    assert any("broken.csv.gz" in f and "quarantined" in f for f in report.failed_items)
+    assert any("truncated.csv.gz" in f for f in report.failed_items)
+    quarantined = lake.ledger.items(status=Status.QUARANTINED)
+    assert {i.object_key.rsplit("-", 1)[-1] for i in quarantined} == {"broken.csv.gz", "truncated.csv.gz"}
+    assert all(i.error_message for i in quarantined)
+    # the good files went all the way to gold
+    assert read_table(lake, "silver", "review").num_rows == 2000
+    assert report.materializations["gold/top_drinkers"]["dagster/row_count"] > 0
+
+    requeued = lake.ledger.requeue(table_name="review")
+    assert len(requeued) == 2 and all(i.status == Status.PENDING and i.attempt_count == 0 for i in requeued)
+
+
+def test_a_failing_blocking_check_stops_gold(settings, tmp_path):
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=2000, changes=False, now=SEED_TIME)
+    orphan = tmp_path / "orphan.csv.gz"
+    orphan.write_bytes(gzip.compress(
+        b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,"
+        b"review_taste,review_time\n999999001,2,999999999,1,4.0,4.0,4.0,4.0,4.0,1200000000\n"))
+    land_file(lake.raw, "review", orphan, datetime(2026, 11, 2, tzinfo=timezone.utc))
+
+    report = run_pipeline(settings)
+    assert not report.ok
+    assert any("silver/review:references_resolve" in f for f in report.failed_checks)
+    assert "silver/review" in report.materializations
+    assert "silver/review_flat" not in report.materializations
+    assert not any(asset.startswith("gold/") for asset in report.materializations)
+
+
+def test_schedule_and_gold_after_silver_sensor(settings, defs):
+    schedule = defs.get_schedule_def("silver_daily")
+    assert schedule.cron_schedule == "0 6 * * *" and schedule.execution_timezone == "UTC"
+    assert schedule.job_name == "silver_job"
+
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=1000, changes=False, now=SEED_TIME)
+    instance = dg.DagsterInstance.get()
+    assert run_pipeline(settings).ok
+    silver_run = defs.resolve_job_def("silver_job").execute_in_process(instance=instance)
+    assert silver_run.success
+    sensor = defs.get_sensor_def("gold_after_silver")
+    context = dg.build_run_status_sensor_context(
+        sensor_name="gold_after_silver",
+        dagster_instance=instance,
+        dagster_run=silver_run.dagster_run,
+        dagster_event=silver_run.get_run_success_event(),
+    )
+    request = sensor(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_key == f"gold-after-{silver_run.run_id}"
+    assert sensor.job_name == "gold_job"
