@@ -115,6 +115,8 @@ class CdcReader:
         return batch or self.parse_slow(chunk)
 
     def parse_fast(self, chunk: Chunk, envelope: bool) -> ParsedBatch | None:
+        if not envelope and (b'"data"' in chunk.data or b'"metadata"' in chunk.data):
+            return None  # envelope lines mixed into a flattened chunk: sort them out line by line
         schema = self._envelope_schema if envelope else self._flat_schema
         try:
             parsed = pajson.read_json(

@@ -242,7 +242,6 @@ def convert_to_bronze(
             outcome.slow_batches += 0 if batch.fast else 1
             outcome.control_records += batch.control_records
             accepted = _apply_rules(contract, batch, rejects)
-            outcome.rejected += len(batch.rejects)
             if accepted is None:
                 continue
             table, lines, ops, change_ts, change_seq = accepted

@@ -117,3 +117,20 @@ def test_unknown_format_is_quarantined(lake):
     cid = land(lake, "review", "r.parquet", b"PAR1", "unknown")
     result = process_bronze_item_now(lake, cid)
     assert result.status == "quarantined" and "unknown file format" in result.error_message
+
+
+class _StreamOnlyStore(LocalObjectStore):
+    """A store without local paths, like S3: the worker must stream open_read()."""
+
+    def local_path(self, key):
+        return None
+
+
+def test_worker_streams_when_no_local_path(tmp_path):
+    settings = Settings(home=tmp_path / "home", pii_key="k")
+    raw = _StreamOnlyStore(settings.objects_dir)
+    lake = Lake(settings=settings, raw=raw, store=LocalObjectStore(tmp_path / "lake"), ledger=SqliteLedger(settings.ledger_path))
+    cid = land(lake, "review", "s.csv.gz", csv_payload(5), "csv")
+    result = process_bronze_item_now(lake, cid)
+    assert result.status == "success" and result.accepted == 5
+    assert pq.read_table(lake.store.local_path(result.output_key)).num_rows == 5

@@ -250,3 +250,53 @@ def test_pii_detector_flags_untagged_columns(tmp_path):
     assert outcome.accepted == 10
     assert any("brewery_name" in n and "email address" in n for n in outcome.notes)
     assert table.column("brewery_name")[0].as_py() == "owner1@mail.example.com"  # reported, not masked
+
+
+class _NonSeekable(io.RawIOBase):
+    """Like an S3 streaming body: short reads, no seek."""
+
+    def __init__(self, data: bytes):
+        self._data = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        return self._data.read(min(size, 1000) if size and size > 0 else 1000)
+
+
+def test_non_seekable_gzip_stream(tmp_path):
+    payload = gz(HEADER + "\n" + "\n".join(review_line(i) for i in range(1, 3001)) + "\n")
+    parquet_out = tmp_path / "o.parquet"
+    outcome = convert_to_bronze(
+        _NonSeekable(payload), contract="review", file_format="csv", source_key="raw/review/s.csv.gz",
+        control_id="b-s", ingested_at=INGESTED, batch_change_ts=LANDED, pii_key=KEY,
+        parquet_out=parquet_out, rejects_out=tmp_path / "r.gz", batch_rows=500,
+    )
+    assert outcome.accepted == 3000 and outcome.batches >= 5 and outcome.slow_batches == 0
+    assert pq.read_table(parquet_out, columns=["_source_line"]).column(0).to_pylist() == list(range(2, 3002))
+
+
+def test_truncation_after_good_chunks_is_still_bad_input(tmp_path):
+    body = HEADER + "\n" + "\n".join(review_line(i) for i in range(1, 20001)) + "\n"
+    with pytest.raises(BadInputError, match=r"truncated gzip stream .* after line \d+"):
+        run(tmp_path, gzip.compress(body.encode())[:-5000], batch_rows=1000)
+
+
+def test_epoch_out_of_range_is_rejected_not_overflowed(tmp_path):
+    payload = HEADER + "\n" + review_line(1, time="99999999999999999") + "\n" + review_line(2, time="1") + "\n" + review_line(3)
+    outcome, table, rejects = run(tmp_path, gz(payload))
+    assert table.column("review_id").to_pylist() == [3]
+    reasons = {r["line"]: r["reason"] for r in rejects}
+    assert "out of range" in reasons[2]
+    assert "review_time" in reasons[3] and "below min" in reasons[3]
+
+
+def test_cdc_forms_mixed_in_one_file(tmp_path):
+    flat = {"brewery_id": 1, "brewery_name": "A", "operation": "insert", "timestamp": "2012-01-31T10:00:00Z"}
+    lines = [json.dumps(flat), envelope("update", {"brewery_id": 1, "brewery_name": "B"}),
+             json.dumps({**flat, "brewery_id": 2})]
+    outcome, table, rejects = run(tmp_path, gz("\n".join(lines)), table="brewery", fmt="json", name="raw/brewery/m.json.gz")
+    assert rejects == [] and outcome.accepted == 3
+    assert table.column("brewery_name").to_pylist() == ["A", "B", "A"]
+    assert table.column("_op").to_pylist() == ["insert", "update", "insert"]
