@@ -166,6 +166,23 @@ def demo(reviews: int | None) -> None:
 
 
 @main.command()
+@click.option("--quick", is_flag=True, help="Small data set (CI smoke run) instead of 1,586,614 reviews.")
+@click.option("--runs", type=click.IntRange(min=1), default=None, help="Samples per measurement (default 5, quick 3).")
+@click.option("--stage", "stages", multiple=True, help="Only these stages (repeatable): bronze, silver, gold, e2e.")
+@click.option("--reviews", type=click.IntRange(min=1000), default=None, help="Override the data set size.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-results/report.json"),
+              show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".bench-cache"),
+              show_default=True, help="Generated data sets are kept here between runs.")
+def bench(quick: bool, runs: int | None, stages: tuple[str, ...], reviews: int | None, out: Path, cache_dir: Path) -> None:
+    """Time every stage as a whole process, side by side with reference engines; write a JSON report."""
+    from datamaster_assets.bench.harness import bench_main
+
+    bench_main(quick=quick, runs=runs or (3 if quick else 5), out=out, stages=list(stages) or None,
+               cache_dir=cache_dir, reviews=reviews)
+
+
+@main.command()
 @click.option("--port", default=3000, show_default=True)
 def dev(port: int) -> None:
     """Open the Dagster UI on the same DATAMASTER_HOME (dagster dev)."""
