@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -194,12 +194,15 @@ def convert_to_bronze(
     parquet_out: Path,
     rejects_out: Path,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    on_batch: Callable[[int], None] | None = None,
 ) -> BronzeOutcome:
     """Convert one raw file. Raises BadInputError for a file that cannot be processed at all;
     bad rows are written to ``rejects_out`` (only created if there is one) and counted.
 
     ``batch_change_ts`` is the change time of rows that carry none (batch CSV: the ledger item's
     created_at). ``parquet_out`` always receives a valid file, with zero rows if need be.
+    ``on_batch(records_so_far)`` is called after each chunk (the worker renews its lease there;
+    an exception it raises aborts the conversion).
     """
     started = time.perf_counter()
     if isinstance(contract, str):
@@ -253,6 +256,8 @@ def convert_to_bronze(
             )
             writer.write(out)
             outcome.accepted += n
+            if on_batch is not None:
+                on_batch(outcome.accepted + rejects.count)
     finally:
         writer.close()
         outcome.rejects_bytes = rejects.close()

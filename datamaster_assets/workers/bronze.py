@@ -25,6 +25,7 @@ from datamaster_assets.lake.landing import landed_at_of
 from datamaster_assets.lake.ledger import Layer, LeaseLost, LedgerItem, Registration, Status
 
 log = logging.getLogger(__name__)
+_clock = time.monotonic  # lease-renewal clock (a seam for tests)
 
 
 @dataclass
@@ -71,7 +72,24 @@ def _result_metadata(result: BronzeItemResult, outcome: BronzeOutcome | None) ->
     return meta
 
 
-def _convert_item(lake: Lake, item: LedgerItem, workdir: Path, now: datetime) -> tuple[BronzeOutcome, str, str | None, str]:
+def _lease_renewer(lake: Lake, item: LedgerItem, owner: str):
+    """Renew the lease once a third of it has passed, so a long file keeps its claim;
+    raises LeaseLost (aborting the conversion) if another worker took the item meanwhile."""
+    every = lake.settings.lease_seconds / 3
+    last = _clock()
+
+    def renew(_records: int) -> None:
+        nonlocal last
+        if _clock() - last >= every:
+            lake.ledger.renew(item.control_id, owner, lake.settings.lease_seconds)
+            last = _clock()
+
+    return renew
+
+
+def _convert_item(
+    lake: Lake, item: LedgerItem, owner: str, workdir: Path, now: datetime
+) -> tuple[BronzeOutcome, str, str | None, str]:
     """Convert and publish; (outcome, bronze key, rejects key or None, silver control id)."""
     try:
         contract = get_contract(item.table_name)
@@ -92,6 +110,7 @@ def _convert_item(lake: Lake, item: LedgerItem, workdir: Path, now: datetime) ->
         parquet_out=parquet_out,
         rejects_out=rejects_out,
         batch_rows=lake.settings.bronze_batch_rows,
+        on_batch=_lease_renewer(lake, item, owner),
     )
     local = lake.raw.local_path(item.object_key)
     if local is not None:
@@ -139,7 +158,7 @@ def process_bronze_item(lake: Lake, control_id: str, *, owner: str, now: datetim
     outcome: BronzeOutcome | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="bronze-") as tmp:
-            outcome, bronze_key, rejects_key, silver_id = _convert_item(lake, item, Path(tmp), now)
+            outcome, bronze_key, rejects_key, silver_id = _convert_item(lake, item, owner, Path(tmp), now)
         result.duration_ms = int((time.perf_counter() - started) * 1000)
         result.records_read = outcome.records_read
         result.accepted = outcome.accepted

@@ -134,3 +134,25 @@ def test_worker_streams_when_no_local_path(tmp_path):
     result = process_bronze_item_now(lake, cid)
     assert result.status == "success" and result.accepted == 5
     assert pq.read_table(lake.store.local_path(result.output_key)).num_rows == 5
+
+
+def test_lease_lost_during_conversion_is_skipped_and_not_completed(lake, monkeypatch):
+    from datamaster_assets.lake.ledger import LeaseLost
+
+    cid = land(lake, "review", "long.csv.gz", csv_payload(50), "csv")
+    lake.settings = Settings(home=lake.settings.home, pii_key="k", bronze_batch_rows=10)
+    import itertools
+
+    from datamaster_assets.workers import bronze
+
+    clock = itertools.count(0, 1000)  # every chunk looks like 1000 s later: renewal is due
+    monkeypatch.setattr(bronze, "_clock", lambda: next(clock))
+
+    def lost(*args, **kwargs):
+        raise LeaseLost("taken over by w2")
+
+    monkeypatch.setattr(lake.ledger, "renew", lost)
+    result = process_bronze_item_now(lake, cid)
+    assert result.status == "skipped" and "taken over by w2" in result.error_message
+    assert lake.ledger.get(cid).status == Status.RUNNING  # left to the lease holder
+    assert lake.ledger.items(layer="silver") == []
