@@ -231,8 +231,9 @@ def convert_to_bronze(
     reader: CsvReader | CdcReader | None = CdcReader(contract) if file_format == "json" else None
     saw_line = False
     writer = _ParquetOutput(parquet_out, schema)
+    chunks = iter_chunks(source, source_key, batch_rows)
     try:
-        for chunk in iter_chunks(source, source_key, batch_rows):
+        for chunk in chunks:
             if reader is None:  # CSV: the first line is the header
                 layout, chunk = split_header(chunk, contract, source_key)
                 reader = CsvReader(contract, layout)
@@ -259,6 +260,7 @@ def convert_to_bronze(
             if on_batch is not None:
                 on_batch(outcome.accepted + rejects.count)
     finally:
+        chunks.close()  # stops the inflate thread and closes the source even on error
         writer.close()
         outcome.rejects_bytes = rejects.close()
     if reader is None:
