@@ -37,7 +37,7 @@ def run_demo(settings: Settings, *, reviews: int | None, echo: Callable[[str], N
         echo(f"Seeded sample data in {time.perf_counter() - started:.1f}s:\n{summary.describe()}")
 
     started = time.perf_counter()
-    report = run_pipeline(settings)
+    report = run_pipeline(settings, log_level="WARNING")
     elapsed = time.perf_counter() - started
     echo(f"\nRan raw -> gold in {elapsed:.1f}s (Dagster run {report.run_id}, "
          f"{report.newly_registered} raw file(s) registered).")
@@ -48,7 +48,7 @@ def run_demo(settings: Settings, *, reviews: int | None, echo: Callable[[str], N
     for table in table_names():
         m = meta.get(f"bronze/{table}", {})
         echo(f"  {table:<10}{m.get('files_processed', 0):>7}{m.get('dagster/row_count', 0):>12,}"
-             f"{m.get('records_rejected', 0):>10,}  {lake.store.uri(f'bronze/{table}/')}")
+             f"{m.get('records_rejected', 0):>10,}  {lake.store.uri(f'bronze/{table}')}")
     echo("\nSilver and gold (Iceberg) rows:")
     for asset, m in sorted(meta.items()):
         if asset.startswith(("silver/", "gold/")):
@@ -70,6 +70,6 @@ def run_demo(settings: Settings, *, reviews: int | None, echo: Callable[[str], N
         "  make dev                                   # Dagster UI on this lake: graph, sensors, checks, runs\n"
         "  .venv/bin/datamaster status                # ledger: files per table and status\n"
         "  .venv/bin/datamaster query \"SELECT * FROM gold.top_drinkers ORDER BY total_reviews DESC LIMIT 10\"\n"
-        "  .venv/bin/datamaster seed --changes && .venv/bin/datamaster run   # land more changes, process them"
+        "  .venv/bin/datamaster land FILE.csv.gz --table review && .venv/bin/datamaster run   # your own file"
     )
     return 0 if report.ok else 1

@@ -47,7 +47,7 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def run_pipeline(settings: Settings | None = None) -> PipelineReport:
+def run_pipeline(settings: Settings | None = None, *, log_level: str = "INFO") -> PipelineReport:
     settings = settings or Settings.from_env()
     ensure_dagster_home(settings)
     from datamaster_assets.definitions import defs  # after DAGSTER_HOME is set
@@ -58,7 +58,12 @@ def run_pipeline(settings: Settings | None = None) -> PipelineReport:
     landing = register_new_objects(settings, lake.raw, lake.ledger, LandingCursor())
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def(PIPELINE_JOB)
-    result = job.execute_in_process(instance=instance, raise_on_error=False, tags={"datamaster/trigger": "cli"})
+    result = job.execute_in_process(
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        instance=instance,
+        raise_on_error=False,
+        tags={"datamaster/trigger": "cli"},
+    )
 
     report = PipelineReport(run_id=result.run_id, success=result.success, newly_registered=len(landing.registered))
     for event in result.get_asset_materialization_events():
