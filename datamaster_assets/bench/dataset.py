@@ -2,7 +2,8 @@
 
 Files: the reviews as one gzip CSV extract and as one gzip CDC JSON-lines full load (``load``
 changes, DMS envelope), a change file against them (updates of existing reviews and inserts of new
-ones, later than the load), and a CSV a tenth the size for the memory-scaling check. The manifest
+ones, later than the load), and the CSV repeated ten times (one header, ten copies of the rows, as
+concatenated gzip members) for the memory-scaling check. The manifest
 records, next to each file's size and sha256, the expected row counts and content checksums of
 silver after the initial load and after the merge, computed straight from the generator's rows and
 from parsing the change file with pyarrow, independently of the code under test.
@@ -28,13 +29,14 @@ from datamaster_assets.seed import write_review_change_file, write_reviews_csv, 
 from datamaster_assets.seed.review_files import DEFAULT_CHANGE_TS
 from datamaster_assets.seed.reviews import FULL_SIZE_REVIEWS, generate_reviews
 
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 FULL_SIZE_CHANGES = 100_000  # half updates, half inserts (the issue's merge benchmark)
 CHANGES_TS = datetime(2024, 1, 2, tzinfo=timezone.utc)  # a day after the full load's changes
 CSV_NAME = "review.csv.gz"
 JSONL_NAME = "review.jsonl.gz"
 CHANGES_NAME = "review-changes.jsonl.gz"
-TENTH_CSV_NAME = "review-tenth.csv.gz"
+X10_CSV_NAME = "review-x10.csv.gz"
+X10_COPIES = 10
 
 
 def review_columns() -> list[str]:
@@ -88,15 +90,11 @@ class BenchDataset:
         return self.directory / CHANGES_NAME
 
     @property
-    def tenth_csv(self) -> Path:
-        return self.directory / TENTH_CSV_NAME
-
-    @property
-    def tenth_reviews(self) -> int:
-        return self.manifest["tenth_reviews"]
+    def x10_csv(self) -> Path:
+        return self.directory / X10_CSV_NAME
 
     def expected(self, name: str) -> dict:
-        """{"rows": .., "digest": ..} for 'base', 'merged' or 'tenth'."""
+        """{"rows": .., "digest": ..} for 'base', 'merged' or 'x10'."""
         return self.manifest["expected"][name]
 
 
@@ -108,24 +106,49 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_repeated_csv(source: Path, target: Path, copies: int) -> None:
+    """``source``'s header and ``copies`` copies of its rows: the original gzip member followed by
+    ``copies - 1`` members of the rows alone (a multi-member gzip file, as ``cat a.gz b.gz`` makes)."""
+    from isal import igzip
+
+    from datamaster_assets.seed.gzipio import gzip_writer
+
+    with igzip.open(source, "rb") as f:
+        text = f.read()
+    body = target.with_name(target.name + ".body")
+    with gzip_writer(body) as gz:
+        gz.write(memoryview(text)[text.index(b"\n") + 1:])
+    with open(target, "wb") as out:
+        out.write(source.read_bytes())
+        rows = body.read_bytes()
+        for _ in range(copies - 1):
+            out.write(rows)
+    body.unlink()
+
+
+def repeated_checksum(checksum: dict, copies: int) -> dict:
+    """The content checksum of ``copies`` copies of the same rows (row hashes add up mod 2**64)."""
+    return {"rows": checksum["rows"] * copies, "digest": f"{(int(checksum['digest'], 16) * copies) % 2**64:016x}"}
+
+
 def _generate(directory: Path, reviews: int, seed: int) -> dict:
     started = time.perf_counter()
     updates, inserts = change_counts(reviews)
-    tenth = max(1, reviews // 10)
     write_reviews_csv(directory / CSV_NAME, reviews, seed)
     write_reviews_jsonl(directory / JSONL_NAME, reviews, seed, envelope=True, change_ts=DEFAULT_CHANGE_TS)
     write_review_change_file(directory / CHANGES_NAME, base_reviews=reviews, updates=updates, inserts=inserts,
                              seed=seed, change_ts=CHANGES_TS, envelope=True)
-    write_reviews_csv(directory / TENTH_CSV_NAME, tenth, seed)
+    write_repeated_csv(directory / CSV_NAME, directory / X10_CSV_NAME, X10_COPIES)
 
     columns = review_columns()
     base = typed_reviews(generate_reviews(reviews, seed))
     changed = typed_reviews(read_change_rows(directory / CHANGES_NAME))
     untouched = base.filter(pc.invert(pc.is_in(base["review_id"], value_set=changed["review_id"])))
     merged = pa.concat_tables([untouched, changed])
+    base_checksum = content_checksum(base, columns).as_dict()
     files = {
         name: {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
-        for name in (CSV_NAME, JSONL_NAME, CHANGES_NAME, TENTH_CSV_NAME)
+        for name in (CSV_NAME, JSONL_NAME, CHANGES_NAME, X10_CSV_NAME)
     }
     return {
         "version": DATASET_VERSION,
@@ -133,12 +156,11 @@ def _generate(directory: Path, reviews: int, seed: int) -> dict:
         "seed": seed,
         "updates": updates,
         "inserts": inserts,
-        "tenth_reviews": tenth,
         "files": files,
         "expected": {
-            "base": content_checksum(base, columns).as_dict(),
+            "base": base_checksum,
             "merged": content_checksum(merged, columns).as_dict(),
-            "tenth": content_checksum(typed_reviews(generate_reviews(tenth, seed)), columns).as_dict(),
+            "x10": repeated_checksum(base_checksum, X10_COPIES),
         },
         "generated_in_s": round(time.perf_counter() - started, 2),
     }

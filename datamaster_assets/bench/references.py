@@ -105,6 +105,7 @@ def duckdb_copy_to_parquet(source: Path, output: Path, file_format: str) -> int:
     reader = {"csv": "read_csv", "json": "read_json"}[file_format]
     con = duckdb.connect()
     try:
+        con.execute("SET enable_progress_bar = false")
         con.execute(
             f"COPY (FROM {reader}(?)) TO '{_sql_path(output)}' (FORMAT parquet, COMPRESSION {PARQUET_COMPRESSION})",
             [str(source)],
@@ -203,6 +204,7 @@ def duckdb_gold(input_dir: Path, output_dir: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
         for name in SILVER_INPUTS:
             con.execute(f"CREATE VIEW {name} AS FROM read_parquet('{_sql_path(input_dir / name)}.parquet')")
         con.execute(f"CREATE TEMP TABLE review_flat AS {REVIEW_FLAT_SQL}")
