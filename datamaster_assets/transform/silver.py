@@ -31,6 +31,7 @@ CHANGE_ORDER = ("_change_ts", "_change_seq", "_source_key", "_source_line")
 # The bronze lineage columns the merge reads (the others, _control_id and _ingested_at, are not
 # needed, so the worker does not even read them from the Parquet files).
 MERGE_LINEAGE = ("_op",) + CHANGE_ORDER
+MAX_CHUNKS = 64  # above this many chunks in a column, tables are made contiguous (_bounded_chunks)
 
 
 def change_schema(contract: Contract) -> pa.Schema:
@@ -68,7 +69,7 @@ _CODE = {name: i for i, name in enumerate(OUTCOMES)}
 
 @dataclass(frozen=True)
 class MergeResult:
-    table: pa.Table  # the complete new silver table (one chunk per column)
+    table: pa.Table  # the complete new silver table (at most MAX_CHUNKS chunks per column)
     outcomes: np.ndarray = field(repr=False)  # int8 code (index into OUTCOMES) per input change row
     affected_keys: pa.Table = field(repr=False)  # primary keys of every row written
 
@@ -251,11 +252,11 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
         )
         newer = _array(pc.fill_null(newer, False))
         n_fresh = _sum(newer)
-        fresh = _where(changes, newer, n_fresh).combine_chunks()
+        fresh = _bounded_chunks(_where(changes, newer, n_fresh))
         fresh_pos = _where(pos_all, newer, n_fresh)
         fresh_rows = np.flatnonzero(newer.to_numpy(zero_copy_only=False))
     else:
-        fresh = changes.combine_chunks()
+        fresh = _bounded_chunks(changes)
         fresh_pos = pa.nulls(fresh.num_rows, pa.int32())
         fresh_rows = np.arange(fresh.num_rows)
 
@@ -325,7 +326,7 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
     touched[pos.drop_null().to_numpy()] = True
     kept = current.filter(pa.array(~touched)) if touched.any() else current
     parts = [t for t in (kept, written_up, written_dl) if t.num_rows]
-    table = pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else (parts[0] if parts else current)
+    table = _bounded_chunks(pa.concat_tables(parts)) if len(parts) > 1 else (parts[0] if parts else current)
 
     outcomes = np.full(changes.num_rows, _CODE["stale_ignored"], dtype=np.int8)
     outcomes[fresh_rows] = _CODE["superseded"]
@@ -352,7 +353,19 @@ def _where_np(rows: np.ndarray, mask: pa.Array, selected: int) -> np.ndarray:
 
 
 def _table(columns: dict, schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_arrays([_array(columns[f.name]) for f in schema], schema=schema)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def _bounded_chunks(table: pa.Table) -> pa.Table:
+    """The table as is when its columns have few chunks, else one chunk per column.
+
+    Thousands of small chunks make Parquet writes crawl (PERFORMANCE.md); a few dozen large ones
+    (a scan's record batches, a Parquet file's row groups) write as fast as one, and leaving
+    them saves a copy of the whole table.
+    """
+    if max((column.num_chunks for column in table.columns), default=0) > MAX_CHUNKS:
+        return table.combine_chunks()
+    return table
 
 
 def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:

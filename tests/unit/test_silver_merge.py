@@ -11,6 +11,7 @@ import pytest
 from datamaster_assets.contracts import get_contract, parse_contract
 from datamaster_assets.transform.silver import (
     CHANGE_ORDER,
+    MAX_CHUNKS,
     OUTCOMES,
     latest_change_per_key,
     merge_changes,
@@ -192,7 +193,16 @@ def test_affected_keys_and_unchanged_rows_kept():
     table, (r,) = apply([{"op": "update", "t": 2, "brewery_id": 2, "brewery_name": "two"}], start=base)
     assert r.affected_keys["brewery_id"].to_pylist() == [2]
     assert state(table) == {1: ("1", 1, 1, None, 1), 2: ("two", 1, 2, None, 2), 3: ("3", 1, 1, None, 1)}
-    assert table["brewery_id"].num_chunks == 1
+    assert table["brewery_id"].num_chunks == 2  # kept rows + written rows: no copy needed
+
+
+def test_many_small_chunks_are_made_contiguous():
+    base, _ = apply([{"op": "insert", "t": 1, "brewery_id": i, "brewery_name": str(i)} for i in range(1, 201)])
+    fragmented = pa.Table.from_batches(base.to_batches(max_chunksize=2))  # 100 chunks per column
+    assert fragmented["brewery_id"].num_chunks > MAX_CHUNKS
+    table, _ = apply([{"op": "update", "t": 2, "brewery_id": 5, "brewery_name": "five"}], start=fragmented)
+    assert all(column.num_chunks == 1 for column in table.columns)
+    assert state(table)[5] == ("five", 1, 2, None, 2) and table.num_rows == 200
 
 
 def test_per_file_counts_by_row_slice():
