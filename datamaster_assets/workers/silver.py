@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 
 from datamaster_assets.contracts import Contract, get_contract
 from datamaster_assets.lake.catalog import load_or_create_table, read_table, table_identifier
@@ -208,15 +208,25 @@ def apply_pending_silver(
                 # Someone reclaimed it after our lease ran out; their re-apply is a no-op.
                 result.lease_lost.append(item.control_id)
     else:
-        stored = read_table(lake, "silver", table)
-        if stored is not None:
-            result.total_rows = stored.num_rows
-            result.live_rows = stored["deleted_at"].null_count
-            snapshot = lake.catalog.load_table(identifier).current_snapshot()
-            result.snapshot_id = snapshot.snapshot_id if snapshot else None
+        _describe_stored(lake, identifier, result)
 
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _describe_stored(lake: Lake, identifier: str, result: SilverApplyResult) -> None:
+    """Row counts and snapshot of the table as stored, reading only its deleted_at column."""
+    try:
+        iceberg = lake.catalog.load_table(identifier)
+    except NoSuchTableError:
+        return
+    snapshot = iceberg.current_snapshot()
+    if snapshot is None:
+        return
+    deleted_at = iceberg.scan(selected_fields=("deleted_at",)).to_arrow()["deleted_at"]
+    result.snapshot_id = snapshot.snapshot_id
+    result.total_rows = len(deleted_at)
+    result.live_rows = deleted_at.null_count
 
 
 def _fail(ledger, item: LedgerItem, owner: str, message: str, *, permanent: bool, now, result: SilverApplyResult):

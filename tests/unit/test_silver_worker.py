@@ -84,6 +84,10 @@ def test_apply_merges_files_commits_once_and_completes_items(lake: Lake):
     assert "| inserted | 2 |" in md["preview"] and "One v2" in md["preview"]
     assert all(isinstance(v, (int, float, str, bool)) for v in md.values())
 
+    idle = apply_pending_silver(lake, "brewery", owner="test")  # nothing pending: describes the table
+    assert (idle.files_applied, idle.committed, idle.live_rows, idle.total_rows) == (0, False, 2, 3)
+    assert idle.snapshot_id == result.snapshot_id and idle.metadata["dagster/row_count"] == 2
+
 
 def test_second_run_overwrites_in_one_snapshot_and_a_duplicated_file_changes_nothing(lake: Lake):
     changes = bronze_table("brewery", [{"op": "insert", "t": 1, "brewery_id": i, "brewery_name": f"b{i}"}
