@@ -36,7 +36,7 @@ from datamaster_assets.spark.jobs import (
     parse_pairs,
 )
 from datamaster_assets.spark.silver_sql import quote
-from datamaster_assets.transform.gold import GOLD_INPUT_COLUMNS, PARTITION_COLUMNS, MartSpec, Month, mart_specs
+from datamaster_assets.transform.gold import GOLD_INPUT_COLUMNS, MARTS, PARTITION_COLUMNS, Month, mart_specs
 from datamaster_assets.transform.review_flat import REQUIRED_INPUT_COLUMNS
 from datamaster_assets.workers.gold import PROP_AFFECTED_MONTHS, PROP_BUILT_AT, PROP_SOURCE_SNAPSHOT, encode_months
 
@@ -127,23 +127,27 @@ def compute(
 
 # ---- writers ----------------------------------------------------------------------------------
 def write_parquet(spark: "SparkSession", run: GoldRun, output: str) -> dict[str, int]:
-    """review_flat (whole) and marts (affected month partitions) under ``output``; rows written per mart."""
+    """review_flat (whole) and marts (affected month partitions) under ``output``; rows written per mart.
+
+    A refresh first removes the affected months' partition directories, then appends their new
+    rows, so a month that lost all its reviews disappears too. (Not atomic: Parquet mode is the
+    local and test mode; on AWS the Iceberg mode commits each mart in one snapshot.)"""
     root = output.rstrip("/")
     if run.flat_changed:
         run.review_flat.write.mode("overwrite").parquet(f"{root}/{REVIEW_FLAT}")
     written = {}
     for name, rows in run.marts.items():
-        rows = rows.localCheckpoint()
-        written[name] = rows.count()
         path = f"{root}/{name}"
-        writer = rows.write.mode("overwrite").partitionBy(*PARTITION_COLUMNS)
-        if run.months is None:  # full rebuild: replace every month, also those now without rows
-            writer.option("partitionOverwriteMode", "static").parquet(path)
+        stored = spark.read.schema(gold_sql.table_ddl(MARTS[name].schema))  # no inference: a mart may be empty
+        writer = rows.write.partitionBy(*PARTITION_COLUMNS)
+        if run.months is None:
+            writer.mode("overwrite").option("partitionOverwriteMode", "static").parquet(path)
+            written[name] = stored.parquet(path).count()
             continue
-        writer.option("partitionOverwriteMode", "dynamic").parquet(path)  # only the months written
-        present = {(r[0], r[1]) for r in rows.select(*PARTITION_COLUMNS).distinct().collect()}
-        for year, month in sorted(run.months - present):  # an affected month that lost all its rows
+        for year, month in sorted(run.months):
             _delete_path(spark, f"{path}/review_year={year}/review_month={month}")
+        writer.mode("append").parquet(path)
+        written[name] = stored.parquet(path).where(gold_sql.months_condition_sql(run.months)).count()
     return written
 
 
@@ -179,13 +183,20 @@ def write_iceberg(spark: "SparkSession", run: GoldRun, flat_table: str, gold_tab
     condition = F.lit(True) if run.months is None else F.expr(gold_sql.months_condition_sql(run.months))
     written = {}
     for name, rows in run.marts.items():
-        rows = rows.localCheckpoint()
-        written[name] = rows.count()
         writer = rows.writeTo(gold_tables[name]).option(f"snapshot-property.{PROP_BUILT_AT}", now)
         if flat_snapshot is not None:
             writer = writer.option(f"snapshot-property.{PROP_SOURCE_SNAPSHOT}", str(flat_snapshot))
         writer.overwrite(condition)
+        written[name] = added_records(spark, gold_tables[name])
     return written
+
+
+def added_records(spark: "SparkSession", table: str) -> int:
+    """Rows the table's latest snapshot added (Iceberg snapshot summary)."""
+    row = spark.sql(
+        f"SELECT summary['added-records'] FROM {table}.snapshots ORDER BY committed_at DESC LIMIT 1"
+    ).first()
+    return int(row[0] or 0) if row is not None else 0
 
 
 # ---- entry point ------------------------------------------------------------------------------
