@@ -246,17 +246,16 @@ def convert_to_bronze(
             outcome.slow_batches += 0 if batch.fast else 1
             outcome.control_records += batch.control_records
             accepted = _apply_rules(contract, batch, rejects)
-            if accepted is None:
-                continue
-            table, lines, ops, change_ts, change_seq = accepted
-            detector.observe(table)
-            table = mask_table(table, contract, key)
-            n = table.num_rows
-            out = pa.Table.from_arrays(
-                table.columns + lineage.columns(n, lines, ops, change_ts, change_seq), schema=writer.schema
-            )
-            writer.write(out)
-            outcome.accepted += n
+            if accepted is not None:
+                table, lines, ops, change_ts, change_seq = accepted
+                detector.observe(table)
+                table = mask_table(table, contract, key)
+                n = table.num_rows
+                out = pa.Table.from_arrays(
+                    table.columns + lineage.columns(n, lines, ops, change_ts, change_seq), schema=writer.schema
+                )
+                writer.write(out)
+                outcome.accepted += n
             if on_batch is not None:
                 on_batch(outcome.accepted + rejects.count)
     finally:
