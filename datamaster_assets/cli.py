@@ -165,6 +165,15 @@ def demo(reviews: int | None) -> None:
     sys.exit(run_demo(_settings(), reviews=reviews, echo=click.echo))
 
 
+@main.command("demo-aws")
+@click.option("--reviews", type=click.IntRange(min=1), default=None, help="Reviews to generate (default: demo size).")
+def demo_aws(reviews: int | None) -> None:
+    """The demo in DATAMASTER_ENV=aws against an in-memory moto server on 127.0.0.1 (compute shimmed at the boto3 edge)."""
+    from datamaster_assets.aws_demo import run_aws_demo
+
+    sys.exit(run_aws_demo(reviews=reviews, echo=click.echo))
+
+
 @main.command()
 @click.option("--quick", is_flag=True, help="Small data set (CI smoke run) instead of 1,586,614 reviews.")
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Samples per measurement (default 5, quick 3).")

@@ -14,7 +14,8 @@ boto3 clients they are installed on, through botocore's event hooks:
   ``entryPoint`` + ``command`` (with the call's container overrides) as a subprocess with the task
   definition's and the overrides' environment, ships stdout/stderr to the ``awslogs`` group and
   stream the task definition names, then stops the task. ``DescribeTasks`` answers then carry the
-  real exit codes.
+  real exit codes. An ``awsvpc`` RunTask without security groups is given the subnets' VPC default
+  group before it is sent, as AWS does (moto rejects the call otherwise).
 - ``emr-serverless:StartJobRun`` (``after-call``): the endpoint creates the job run; the shim
   fetches the ``entryPoint`` script (``s3://`` through the endpoint, or a local path) and runs it
   with ``python`` and the ``spark.emr-serverless.driverEnv.*`` variables from
@@ -156,6 +157,11 @@ class ComputeShim:
             context[_PARAMS_KEY] = copy.deepcopy(dict(params))
             context[_CLIENT_KEY] = client
 
+        if service == "ecs":
+            def default_security_group(params: dict[str, Any], **_: Any) -> None:
+                self._default_security_group(params, client)
+
+            client.meta.events.register("before-parameter-build.ecs.RunTask", default_security_group)
         client.meta.events.register(f"before-parameter-build.{service}", remember_call)
         for event, hook in hooks.items():
             client.meta.events.register(event, hook)
@@ -253,6 +259,19 @@ class ComputeShim:
                                          "exit_code": outcome.exit_code, "stderr": outcome.stderr})
             self._ecs_tasks[task_arn] = record
             ecs.stop_task(cluster=params.get("cluster", "default"), task=task_arn, reason="Essential container in task exited")
+
+    def _default_security_group(self, params: dict[str, Any], client: Any) -> None:
+        """An awsvpc RunTask without security groups gets the subnets' VPC default group, as on AWS
+        (moto's RunTask requires the field and fails without it)."""
+        vpc_conf = (params.get("networkConfiguration") or {}).get("awsvpcConfiguration")
+        if not vpc_conf or vpc_conf.get("securityGroups") or not vpc_conf.get("subnets"):
+            return
+        ec2 = self._plain_client("ec2", client)
+        vpc_id = ec2.describe_subnets(SubnetIds=list(vpc_conf["subnets"][:1]))["Subnets"][0]["VpcId"]
+        groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
+                                                       {"Name": "group-name", "Values": ["default"]}])["SecurityGroups"]
+        if groups:
+            vpc_conf["securityGroups"] = [groups[0]["GroupId"]]
 
     def _after_describe_tasks(self, parsed: dict[str, Any], **_: Any) -> None:
         for task in parsed.get("tasks", []):
@@ -370,3 +389,126 @@ def put_log_lines(logs: Any, group: str, stream: str, text: str, batch: int = 10
     events = [{"timestamp": now_ms, "message": line} for line in text.splitlines() if line]
     for start in range(0, len(events), batch):
         logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events[start : start + batch])
+
+
+# ---- provisioning the shimmed compute on an emulator ------------------------------------------
+SHIM_WORKER_HANDLER = "datamaster_assets.workers.lambda_handler.handler"
+SHIM_CONTAINER_ENTRY_POINT = ("python", "-m", "datamaster_assets.workers.container")  # infra/Dockerfile's ENTRYPOINT
+SHIM_CONTAINER_NAME = "bronze-worker"  # BronzeCompute.ecs_container_name
+SHIM_NAME_TAG = "datamaster-shim"
+# A syntactically valid empty zip: the shim imports the handler from this process, never the code.
+_EMPTY_ZIP = b"PK\x05\x06" + b"\x00" * 18
+
+
+@dataclass(frozen=True)
+class ShimCompute:
+    """What :func:`provision_shim_compute` created, named as the settings and the resources expect."""
+
+    lambda_function: str
+    lambda_log_group: str
+    ecs_cluster: str
+    ecs_task_definition_arn: str
+    ecs_log_group: str
+    subnets: tuple[str, ...]
+    security_groups: tuple[str, ...]
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The variables that point the Dagster resources at this compute (``DATAMASTER_ECS_*``)."""
+        return {"DATAMASTER_ECS_SUBNETS": ",".join(self.subnets)}
+
+
+def worker_environment(settings: Any) -> dict[str, str]:
+    """The worker's configuration, as infra/compute.yaml sets it on the function and the task."""
+    return {
+        "DATAMASTER_ENV": "aws",
+        "DATAMASTER_RAW_BUCKET": settings.raw_bucket,
+        "DATAMASTER_LAKE_BUCKET": settings.lake_bucket,
+        "DATAMASTER_LEDGER_TABLE": settings.ledger_table,
+        "DATAMASTER_LAMBDA_MAX_RECORDS": str(settings.lambda_max_records),
+        "DATAMASTER_PII_KEY": settings.pii_key,
+    }
+
+
+def _ensure_role(iam: Any, name: str, service: str) -> str:
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]}
+    try:
+        return iam.get_role(RoleName=name)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+
+def _ensure_network(ec2: Any) -> tuple[str, str]:
+    """A VPC, one subnet and one security group tagged ``datamaster-shim`` (awsvpc tasks need them)."""
+    tag = [{"Name": "tag:Name", "Values": [SHIM_NAME_TAG]}]
+    subnets = ec2.describe_subnets(Filters=tag)["Subnets"]
+    groups = ec2.describe_security_groups(Filters=tag)["SecurityGroups"]
+    if subnets and groups:
+        return subnets[0]["SubnetId"], groups[0]["GroupId"]
+    tags = [{"Key": "Name", "Value": SHIM_NAME_TAG}]
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16", TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # moto's awsvpc tasks need it
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24",
+                               TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}])["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=SHIM_NAME_TAG, Description="datamaster bronze worker (shim)", VpcId=vpc,
+                                      TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}])["GroupId"]
+    return subnet, group
+
+
+def _ensure_log_groups(logs: Any, *groups: str) -> None:
+    for group in groups:
+        with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+            logs.create_log_group(logGroupName=group)
+
+
+def provision_shim_compute(settings: Any, session: Any = None) -> ShimCompute:
+    """Create, on an AWS emulator (moto), what the compute stack creates for bronze: the worker
+    Lambda function (handler ``workers.lambda_handler.handler``), the ECS cluster and Fargate task
+    definition (container ``bronze-worker`` running the container CLI, ``awslogs`` to CloudWatch),
+    their log groups and a VPC subnet and security group for ``awsvpc``. Idempotent.
+
+    The function and the task only carry configuration: with :class:`ComputeShim` installed, an
+    invoke or a task runs this project's code on this machine. Never point this at a real account:
+    infra/compute.yaml provisions that.
+    """
+    session = session or boto3.session.Session(region_name=settings.aws_region)
+    env = worker_environment(settings)
+    function = settings.lambda_function
+    lambda_log_group = f"/aws/lambda/{function}"
+    ecs_log_group = f"/{settings.ecs_cluster}/ecs/{SHIM_CONTAINER_NAME}"
+    _ensure_log_groups(session.client("logs"), lambda_log_group, ecs_log_group)
+
+    iam = session.client("iam")
+    lambda_role = _ensure_role(iam, f"{function}-role", "lambda.amazonaws.com")
+    task_role = _ensure_role(iam, f"{settings.ecs_task_definition}-task-role", "ecs-tasks.amazonaws.com")
+
+    lam = session.client("lambda")
+    try:
+        lam.get_function_configuration(FunctionName=function)
+        lam.update_function_configuration(FunctionName=function, Environment={"Variables": env})
+    except lam.exceptions.ResourceNotFoundException:
+        lam.create_function(
+            FunctionName=function, Runtime="python3.11", Role=lambda_role, Handler=SHIM_WORKER_HANDLER,
+            Code={"ZipFile": _EMPTY_ZIP}, Timeout=900, MemorySize=3008, Environment={"Variables": env},
+            Description="raw file -> bronze Parquet for one ledger item (small files; Dagster Pipes)",
+        )
+
+    subnet, group = _ensure_network(session.client("ec2"))
+    ecs = session.client("ecs")
+    ecs.create_cluster(clusterName=settings.ecs_cluster)  # returns the existing cluster if there is one
+    task_definition = ecs.register_task_definition(
+        family=settings.ecs_task_definition, networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+        cpu="1024", memory="4096", taskRoleArn=task_role,
+        containerDefinitions=[{
+            # container-level memory: moto's RunTask sums it (and fails on a task-level-only size)
+            "name": SHIM_CONTAINER_NAME, "image": "datamaster/worker:shim", "essential": True, "memory": 4096,
+            "entryPoint": list(SHIM_CONTAINER_ENTRY_POINT),
+            "environment": [{"name": k, "value": v} for k, v in env.items()],
+            "logConfiguration": {"logDriver": "awslogs", "options": {
+                "awslogs-group": ecs_log_group, "awslogs-region": settings.aws_region,
+                "awslogs-stream-prefix": "bronze"}},
+        }],
+    )["taskDefinition"]["taskDefinitionArn"]
+    return ShimCompute(function, lambda_log_group, settings.ecs_cluster, task_definition, ecs_log_group,
+                       (subnet,), (group,))
