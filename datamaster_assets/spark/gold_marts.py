@@ -57,6 +57,7 @@ class GoldRun:
     review_flat_rows: int
     months: set[Month] | None  # None: every month (full rebuild)
     flat_changed: bool
+    diff_months: set[Month]  # months whose gold inputs changed since the previous review_flat
     marts: dict[str, "DataFrame"] = field(default_factory=dict)  # rows for `months`
 
 
@@ -90,15 +91,20 @@ def build_review_flat(spark: "SparkSession", inputs: dict[str, "DataFrame"]) -> 
     return flat, rows
 
 
-def affected_months(spark: "SparkSession", old: "DataFrame | None", new: "DataFrame") -> set[Month]:
-    """Months whose gold inputs differ between two review_flat versions (every month without ``old``)."""
+def diff_flat(spark: "SparkSession", old: "DataFrame | None", new: "DataFrame") -> tuple[bool, set[Month]]:
+    """(anything changed, months whose gold inputs changed) from ``old`` to ``new`` review_flat;
+    without ``old``: (True, every month)."""
     new.createOrReplaceTempView("dm_gold_flat_new")
     if old is None:
         rows = spark.sql("SELECT DISTINCT review_year, review_month FROM dm_gold_flat_new").collect()
-    else:
-        old.select(*new.columns).createOrReplaceTempView("dm_gold_flat_old")
-        rows = spark.sql(gold_sql.affected_months_sql("dm_gold_flat_old", "dm_gold_flat_new", GOLD_INPUT_COLUMNS)).collect()
-    return {(int(r[0]), int(r[1])) for r in rows}
+        return True, {(int(r[0]), int(r[1])) for r in rows}
+    old.select(*new.columns).createOrReplaceTempView("dm_gold_flat_old")
+    delta = spark.sql(gold_sql.flat_delta_sql("dm_gold_flat_old", "dm_gold_flat_new", GOLD_INPUT_COLUMNS)).localCheckpoint()
+    delta.createOrReplaceTempView("dm_gold_flat_delta")
+    if delta.isEmpty():
+        return False, set()
+    rows = spark.sql(gold_sql.affected_months_sql("dm_gold_flat_delta")).collect()
+    return True, {(int(r[0]), int(r[1])) for r in rows}
 
 
 def compute(
@@ -114,11 +120,10 @@ def compute(
     ``months`` given: exactly those; ``all_months``: every month (None); otherwise the months the
     diff against ``previous_flat`` yields."""
     flat, rows = build_review_flat(spark, inputs)
-    diff_months = affected_months(spark, previous_flat, flat)
-    flat_changed = previous_flat is None or bool(diff_months)
+    flat_changed, diff_months = diff_flat(spark, previous_flat, flat)
     chosen = None if all_months else (set(months) if months is not None else diff_months)
     flat.createOrReplaceTempView("dm_gold_review_flat")
-    run = GoldRun(review_flat=flat, review_flat_rows=rows, months=chosen, flat_changed=flat_changed)
+    run = GoldRun(review_flat=flat, review_flat_rows=rows, months=chosen, flat_changed=flat_changed, diff_months=diff_months)
     if chosen is None or chosen:
         for spec in mart_specs(marts):
             run.marts[spec.name] = spark.sql(gold_sql.mart_sql(spec, "dm_gold_review_flat", chosen))
@@ -175,7 +180,7 @@ def write_iceberg(spark: "SparkSession", run: GoldRun, flat_table: str, gold_tab
     if run.flat_changed:
         (
             run.review_flat.writeTo(flat_table)
-            .option(f"snapshot-property.{PROP_AFFECTED_MONTHS}", encode_months(run.months or []))
+            .option(f"snapshot-property.{PROP_AFFECTED_MONTHS}", encode_months(run.diff_months))
             .option(f"snapshot-property.{PROP_BUILT_AT}", now)
             .overwrite(F.lit(True))
         )
@@ -189,6 +194,19 @@ def write_iceberg(spark: "SparkSession", run: GoldRun, flat_table: str, gold_tab
         writer.overwrite(condition)
         written[name] = added_records(spark, gold_tables[name])
     return written
+
+
+def marts_in_sync(spark: "SparkSession", gold_tables: dict[str, str], flat_snapshot: int | None) -> bool:
+    """Every mart's latest snapshot was built from review_flat snapshot ``flat_snapshot``."""
+    if flat_snapshot is None:
+        return True  # first build: the diff yields every month anyway
+    for table in gold_tables.values():
+        row = spark.sql(
+            f"SELECT summary['{PROP_SOURCE_SNAPSHOT}'] FROM {table}.snapshots ORDER BY committed_at DESC LIMIT 1"
+        ).first()
+        if row is None or row[0] != str(flat_snapshot):
+            return False
+    return True
 
 
 def added_records(spark: "SparkSession", table: str) -> int:
@@ -238,12 +256,16 @@ def run(spark: "SparkSession", args: argparse.Namespace, reporter: JobReporter) 
         silver = {name: spark.table(iceberg_name(args.catalog, args.silver_namespace, name)) for name in SILVER_INPUTS}
         flat_table = iceberg_name(args.catalog, args.silver_namespace, REVIEW_FLAT)
         spark.sql(gold_sql.create_review_flat_sql(flat_table))
-        previous = spark.table(flat_table) if latest_snapshot_id(spark, flat_table) is not None else None
-        result = compute(spark, silver, previous, months, args.all_months, args.mart)
         gold_tables = {}
-        for spec in mart_specs(list(result.marts)):
+        for spec in mart_specs(args.mart):
             gold_tables[spec.name] = iceberg_name(args.catalog, args.gold_namespace, spec.name)
             spark.sql(gold_sql.create_mart_sql(spec, gold_tables[spec.name]))
+        flat_snapshot = latest_snapshot_id(spark, flat_table)
+        previous = spark.table(flat_table) if flat_snapshot is not None else None
+        # The diff only covers changes since the current review_flat: a mart built from an older
+        # one (a review_flat written by the Arrow worker, a failed run) is rebuilt in full.
+        all_months = args.all_months or (months is None and not marts_in_sync(spark, gold_tables, flat_snapshot))
+        result = compute(spark, silver, previous, months, all_months, args.mart)
         written = write_iceberg(spark, result, flat_table, gold_tables)
         where = {REVIEW_FLAT: flat_table, **gold_tables}
     else:

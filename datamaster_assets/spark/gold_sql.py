@@ -70,20 +70,28 @@ WHERE r.deleted_at IS NULL"""
     return cast_to_schema_sql(query, REVIEW_FLAT_SCHEMA)
 
 
-def affected_months_sql(old: str, new: str, gold_columns: Sequence[str]) -> str:
+def flat_delta_sql(old: str, new: str, gold_columns: Sequence[str]) -> str:
+    """Reviews added, removed or changed (any review_flat column) between two review_flat versions,
+    with their old and new months and whether a column a mart reads changed (``diff_review_flat``)."""
+
+    def row(alias: str, columns: Sequence[str]) -> str:
+        return "struct(" + ", ".join(f"{alias}.{quote(c)}" for c in columns) + ")"
+
+    every = [c for c in REVIEW_FLAT_SCHEMA.names if c != "review_id"]
+    gold = [c for c in gold_columns if c != "review_id"]
+    return f"""SELECT o.review_year AS old_year, o.review_month AS old_month,
+    n.review_year AS new_year, n.review_month AS new_month,
+    NOT ({row('o', gold)} <=> {row('n', gold)}) AS gold_changed
+FROM {old} AS o FULL JOIN {new} AS n ON o.review_id = n.review_id
+WHERE o.review_id IS NULL OR n.review_id IS NULL OR NOT ({row('o', every)} <=> {row('n', every)})"""
+
+
+def affected_months_sql(delta: str) -> str:
     """(review_year, review_month) pairs gold must recompute: the old and the new month of every
-    review added, removed or changed in a column a mart reads (``diff_review_flat``)."""
-    compared = [c for c in gold_columns if c != "review_id"]
-    old_row = "struct(" + ", ".join(f"o.{quote(c)}" for c in compared) + ")"
-    new_row = "struct(" + ", ".join(f"n.{quote(c)}" for c in compared) + ")"
-    return f"""WITH delta AS (
-    SELECT o.review_year AS old_year, o.review_month AS old_month, n.review_year AS new_year, n.review_month AS new_month
-    FROM {old} AS o FULL JOIN {new} AS n ON o.review_id = n.review_id
-    WHERE NOT ({old_row} <=> {new_row})
-)
-SELECT old_year AS review_year, old_month AS review_month FROM delta WHERE old_year IS NOT NULL
+    review in ``delta`` (``flat_delta_sql``) whose gold inputs changed."""
+    return f"""SELECT old_year AS review_year, old_month AS review_month FROM {delta} WHERE gold_changed AND old_year IS NOT NULL
 UNION
-SELECT new_year, new_month FROM delta WHERE new_year IS NOT NULL"""
+SELECT new_year, new_month FROM {delta} WHERE gold_changed AND new_year IS NOT NULL"""
 
 
 def months_condition_sql(months: Iterable[Month]) -> str:

@@ -107,6 +107,15 @@ def test_gold_job_matches_arrow_engine_then_refreshes_only_affected_months(spark
     assert metadata["review_flat"]["written"] is False and metadata["review_flat"]["affected_months"] == 0
     assert set(metadata) == {"review_flat"}
 
+    # Only a column no mart reads changes: review_flat is rewritten, no month is recomputed.
+    live = next(r for r in rows if not r.get("deleted"))
+    live["review_aroma"] = 1.0
+    tables_4 = {**tables, "review": silver_table("review", rows)}
+    metadata = run_gold(spark, write_silver(tables_4, tmp_path / "silver-v4"), output)
+    assert metadata["review_flat"]["written"] is True and metadata["review_flat"]["affected_months"] == 0
+    assert set(metadata) == {"review_flat"}
+    assert_same_gold(output, tables_4)
+
 
 def test_gold_review_flat_months_are_utc_months(spark, tmp_path: Path) -> None:
     late = datetime(2010, 1, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5)))  # 2010-02-01 04:30 UTC
