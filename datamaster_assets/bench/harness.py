@@ -586,42 +586,53 @@ def bench_main(
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     bench = Bench(dataset, workdir, runs, use_spark, spark_note)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_report(status: str) -> dict:
+        """The report so far, written after every stage so an interrupted run still leaves one."""
+        measurements = [m.as_dict() for m in bench.measurements]
+        report = {
+            "command": bench_command(quick, runs, stages, out),
+            "status": status,  # complete | running | failed: <reason>
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "quick": quick,
+            "full_size": n == FULL_SIZE_REVIEWS,
+            "runs": runs,
+            "stages": chosen,
+            "machine": machine_info(),
+            "dataset": {
+                "reviews": n,
+                "seed": seed,
+                "updates": dataset.updates,
+                "inserts": dataset.inserts,
+                "files": dataset.manifest["files"],
+                "expected": dataset.manifest["expected"],
+                "generated_now": generated,
+                "generated_in_s": dataset.manifest["generated_in_s"],
+            },
+            "measurements": measurements,
+            "verified": all(c["ok"] for m in bench.measurements for c in m.checks.values()),
+            "duration_s": round(time.perf_counter() - started, 1),
+        }
+        report["targets"] = evaluate_targets(measurements, full_size=report["full_size"])
+        out.write_text(json.dumps(report, indent=2))
+        return report
+
     try:
         for stage in STAGES:
             if stage in chosen:
                 print(f"[{stage}]", flush=True)
                 STAGE_FUNCTIONS[stage](bench)
+                write_report("running")
+    except BaseException as exc:
+        write_report(f"failed: {type(exc).__name__}: {exc}")
+        raise
     finally:
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    measurements = [m.as_dict() for m in bench.measurements]
-    report = {
-        "command": bench_command(quick, runs, stages, out),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "quick": quick,
-        "full_size": n == FULL_SIZE_REVIEWS,
-        "runs": runs,
-        "stages": chosen,
-        "machine": machine_info(),
-        "dataset": {
-            "reviews": n,
-            "seed": seed,
-            "updates": dataset.updates,
-            "inserts": dataset.inserts,
-            "files": dataset.manifest["files"],
-            "expected": dataset.manifest["expected"],
-            "generated_now": generated,
-            "generated_in_s": dataset.manifest["generated_in_s"],
-        },
-        "measurements": measurements,
-        "verified": all(c["ok"] for m in bench.measurements for c in m.checks.values()),
-        "duration_s": round(time.perf_counter() - started, 1),
-    }
-    report["targets"] = evaluate_targets(measurements, full_size=report["full_size"])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    report = write_report("complete")
     print(format_report(report), flush=True)
     print(f"report written to {out}", flush=True)
     return report

@@ -136,6 +136,7 @@ def test_targets_pass_miss_and_not_applicable():
 
 def _check_report(report: dict, out: Path, runs: int) -> dict[str, dict]:
     assert json.loads(out.read_text()) == report
+    assert report["status"] == "complete"
     assert report["verified"] is True
     assert report["dataset"]["reviews"] == TINY
     by_name = {m["name"]: m for m in report["measurements"]}
@@ -202,6 +203,22 @@ def test_bench_gold_and_end_to_end_tiny(tmp_path):
     assert by_name["gold"]["checks"]["review_flat_rows"]["actual"] == TINY
     assert by_name["e2e"]["checks"]["silver_review_checksum"]["actual"] == report["dataset"]["expected"]["base"]
     assert by_name["e2e"]["checks"]["ledger_items_not_success"]["actual"] == []
+
+
+def test_failed_verification_stops_the_run_and_leaves_a_report(tmp_path, monkeypatch):
+    from datamaster_assets.bench import BenchError, harness
+
+    def broken_stage(bench):
+        m = harness.Measurement("bronze_csv", "bronze", "system", "a stage whose output is wrong")
+        bench.measure(m, ["true"], verify=lambda _: bench.expect({}, "rows", 1, 2) or {})
+
+    monkeypatch.setitem(harness.STAGE_FUNCTIONS, "bronze", broken_stage)
+    out = tmp_path / "r.json"
+    with pytest.raises(BenchError, match="rows is 1, expected 2"):
+        bench_main(quick=True, runs=1, out=out, stages=["bronze"], cache_dir=tmp_path / "cache", reviews=100)
+    report = json.loads(out.read_text())
+    assert report["status"].startswith("failed: BenchError")
+    assert len(report["measurements"][0]["samples"]) == 1
 
 
 def test_bench_main_rejects_bad_arguments(tmp_path):
