@@ -126,40 +126,6 @@ def definitions_for(settings: Settings) -> Iterator[None]:
         definitions.defs = previous
 
 
-class _PrefixUriStore:
-    """Delegates to an object store; ``uri`` also takes a ``prefix/`` (S3ObjectStore.uri rejects the
-    trailing slash datamaster_assets/demo.py passes for the bronze listing).
-    TEMPORARY: remove with :func:`_demo_lake_with_prefix_uris` once demo.py passes ``bronze/<table>``."""
-
-    def __init__(self, store):
-        self._store = store
-
-    def __getattr__(self, name: str):
-        return getattr(self._store, name)
-
-    def uri(self, key: str) -> str:
-        return self._store.uri(key.rstrip("/")) + ("/" if key.endswith("/") else "")
-
-
-@contextmanager
-def _demo_lake_with_prefix_uris() -> Iterator[None]:
-    from dataclasses import replace
-
-    from datamaster_assets import demo
-
-    original = demo.open_lake
-
-    def open_lake(settings: Settings):
-        lake = original(settings)
-        return replace(lake, store=_PrefixUriStore(lake.store))
-
-    demo.open_lake = open_lake
-    try:
-        yield
-    finally:
-        demo.open_lake = original
-
-
 def routing_rows(lake) -> list[dict[str, object]]:
     """One row per bronze ledger item: file, the ledger's routing and its outcome (landing order)."""
     from datamaster_assets.lake.ledger import Layer
@@ -253,7 +219,7 @@ def run_aws_demo(*, reviews: int | None, base_home: Path | None = None, echo: Ca
                 if not message.lstrip("\n").startswith("Next:"):
                     echo(message)
 
-            with definitions_for(settings), _demo_lake_with_prefix_uris():
+            with definitions_for(settings):
                 code = run_demo(settings, reviews=reviews, echo=demo_echo)
             rows = routing_rows(open_lake(settings))
             ran = launched_control_ids(shim.invocations[already_ran:])
