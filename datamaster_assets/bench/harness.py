@@ -55,6 +55,7 @@ class Measurement:
     checks: dict[str, Any] = field(default_factory=dict)  # what was verified, with the values
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
+    profile: dict[str, Any] = field(default_factory=dict)  # the last run's own account of its time
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,6 +68,7 @@ class Measurement:
             "checks": self.checks,
             "notes": self.notes,
             "skipped": self.skipped,
+            "profile": self.profile,
         }
         out["summary"] = summarise(self.samples).as_dict() if self.samples else None
         return out
@@ -209,6 +211,9 @@ class Bench:
             sample = self.spawn(argv, label)
             m.samples.append(sample)
             result = json.loads(result_path.read_text()) if result_path is not None and result_path.exists() else {}
+            m.profile = {k: result[k] for k in ("in_process_ms", "profile_ms") if k in result}
+            if "review" in result and "worker_ms" in result["review"]:
+                m.profile["silver_worker_ms"] = result["review"]["worker_ms"]
             if verify is not None:
                 m.checks = verify(result)
             if m.kind != "system" and sample.wall_s > SLOW_REFERENCE_S and i + 1 < runs:

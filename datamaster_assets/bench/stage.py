@@ -9,8 +9,10 @@ tables the gold stage starts from, with the real bronze and silver workers.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,7 +56,8 @@ def run_silver(lake, tables: list[str]) -> dict[str, Any]:
         if result.files_failed:
             raise RuntimeError(f"silver {table}: " + "; ".join(result.failures))
         out[table] = {"files_applied": result.files_applied, "change_rows": result.change_rows,
-                      "counts": result.counts, "total_rows": result.total_rows, "live_rows": result.live_rows}
+                      "counts": result.counts, "total_rows": result.total_rows, "live_rows": result.live_rows,
+                      "worker_ms": int(result.duration_s * 1000)}
     return out
 
 
@@ -64,10 +67,33 @@ def run_gold(lake) -> dict[str, Any]:
     flat = build_review_flat_table(lake)
     gold = refresh_gold(lake)
     return {"review_flat_rows": flat.row_count,
-            "marts": {name: {"status": m.status, "rows": m.row_count} for name, m in gold.marts.items()}}
+            "marts": {name: {"status": m.status, "rows": m.row_count} for name, m in gold.marts.items()},
+            "profile_ms": {**{f"review_flat.{k}": v for k, v in flat.durations_ms.items()},
+                           **{f"gold.{k}": v for k, v in gold.durations_ms.items()},
+                           **{f"gold.mart.{name}": m.duration_ms for name, m in gold.marts.items()}}}
+
+
+_IMPORTS = {
+    "bronze": ("datamaster_assets.workers.bronze",),
+    "silver": ("datamaster_assets.workers.silver",),
+    "gold": ("datamaster_assets.workers.gold",),
+    "prepare-silver": ("datamaster_assets.workers.bronze", "datamaster_assets.workers.silver"),
+}
 
 
 def _system(args) -> dict[str, Any]:
+    """Run a system stage; the result says how much of the process went to imports and to work."""
+    started = time.perf_counter()
+    for module in _IMPORTS[args.stage]:
+        importlib.import_module(module)
+    imported = time.perf_counter()
+    result = _run_system(args)
+    result["in_process_ms"] = {"imports": int((imported - started) * 1000),
+                               "work": int((time.perf_counter() - imported) * 1000)}
+    return result
+
+
+def _run_system(args) -> dict[str, Any]:
     lake = _lake(args.home)
     if args.stage == "bronze":
         return run_bronze(lake)
