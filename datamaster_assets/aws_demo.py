@@ -106,26 +106,6 @@ def patched_environ(values: Mapping[str, str], remove: tuple[str, ...] = ()) -> 
                 os.environ[key] = old
 
 
-@contextmanager
-def definitions_for(settings: Settings) -> Iterator[None]:
-    """Make the Dagster definitions ``run_pipeline`` uses match ``settings``.
-
-    ``datamaster_assets.definitions.defs`` is built once, at import, from the environment of that
-    moment; a process that imported it before the demo set DATAMASTER_ENV=aws would otherwise run
-    bronze with the local (in-process) compute resources.
-    """
-    already_imported = "datamaster_assets.definitions" in sys.modules
-    from datamaster_assets import definitions
-
-    previous = definitions.defs
-    if already_imported:
-        definitions.defs = definitions.build_definitions(settings)
-    try:
-        yield
-    finally:
-        definitions.defs = previous
-
-
 def routing_rows(lake) -> list[dict[str, object]]:
     """One row per bronze ledger item: file, the ledger's routing and its outcome (landing order)."""
     from datamaster_assets.lake.ledger import Layer
@@ -214,13 +194,7 @@ def run_aws_demo(*, reviews: int | None, base_home: Path | None = None, echo: Ca
             shim = compute_shim()
             already_ran = len(shim.invocations)
 
-            def demo_echo(message: str) -> None:
-                # run_demo's closing hints are about the persistent local lake; this one is gone at exit.
-                if not message.lstrip("\n").startswith("Next:"):
-                    echo(message)
-
-            with definitions_for(settings):
-                code = run_demo(settings, reviews=reviews, echo=demo_echo)
+            code = run_demo(settings, reviews=reviews, echo=echo, next_steps=AWS_NEXT_STEPS)
             rows = routing_rows(open_lake(settings))
             ran = launched_control_ids(shim.invocations[already_ran:])
             echo("\nBronze compute per raw file (ledger compute_target; 'ran on' = what the shim launched):")
@@ -230,7 +204,6 @@ def run_aws_demo(*, reviews: int | None, base_home: Path | None = None, echo: Ca
                 echo(f"  note: at this size every file went to {', '.join(sorted(map(str, targets)))}; "
                      "set DATAMASTER_LAMBDA_MAX_RECORDS to split them.")
     echo(f"\nmoto server stopped. Whole demo: {time.perf_counter() - started:.1f}s.")
-    echo(AWS_NEXT_STEPS)
     return code
 
 

@@ -20,7 +20,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         description="Everything pending now: bronze, silver, review_flat, gold (what `datamaster run` launches).",
         tags={"datamaster/layer": "all"},
     )
-    lake = LakeResource(pii_key=dg.EnvVar("DATAMASTER_PII_KEY")) if settings.env == "aws" else LakeResource()
+    lake = (
+        LakeResource(home=str(settings.home), pii_key=dg.EnvVar("DATAMASTER_PII_KEY"))
+        if settings.env == "aws"
+        else LakeResource(home=str(settings.home))
+    )
     return dg.Definitions(
         assets=[*raw.raw_specs, *bronze.bronze_assets(settings.reject_rate_threshold), *silver.silver_assets,
                 gold.gold_marts],

@@ -21,7 +21,22 @@ ORDER BY g.avg_rating DESC, g.total_reviews DESC, g.beer_id LIMIT 5
 """
 
 
-def run_demo(settings: Settings, *, reviews: int | None, echo: Callable[[str], None] = print) -> int:
+LOCAL_NEXT_STEPS = (
+    "Next:\n"
+    "  make dev                                   # Dagster UI on this lake: graph, sensors, checks, runs\n"
+    "  .venv/bin/datamaster status                # ledger: files per table and status\n"
+    "  .venv/bin/datamaster query \"SELECT * FROM gold.top_drinkers ORDER BY total_reviews DESC LIMIT 10\"\n"
+    "  .venv/bin/datamaster land FILE.csv.gz --table review && .venv/bin/datamaster run   # your own file"
+)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    reviews: int | None,
+    echo: Callable[[str], None] = print,
+    next_steps: str = LOCAL_NEXT_STEPS,
+) -> int:
     from datamaster_assets.defs.ops.runner import run_pipeline
     from datamaster_assets.seed import DEFAULT_DEMO_REVIEWS, seed_raw
     from datamaster_assets.transform.query import format_table, run_query
@@ -65,11 +80,5 @@ def run_demo(settings: Settings, *, reviews: int | None, echo: Callable[[str], N
         echo("\nProblems:")
         for failure in report.failures:
             echo(f"  - {failure}")
-    echo(
-        "\nNext:\n"
-        "  make dev                                   # Dagster UI on this lake: graph, sensors, checks, runs\n"
-        "  .venv/bin/datamaster status                # ledger: files per table and status\n"
-        "  .venv/bin/datamaster query \"SELECT * FROM gold.top_drinkers ORDER BY total_reviews DESC LIMIT 10\"\n"
-        "  .venv/bin/datamaster land FILE.csv.gz --table review && .venv/bin/datamaster run   # your own file"
-    )
+    echo("\n" + next_steps)
     return 0 if report.ok else 1

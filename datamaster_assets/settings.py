@@ -63,6 +63,7 @@ class Settings:
     ecs_cluster: str = "datamaster"
     ecs_task_definition: str = "datamaster-bronze-worker"
     ecs_subnets: tuple[str, ...] = ()
+    ecs_security_groups: tuple[str, ...] = ()
     emr_application_id: str = ""
     emr_execution_role_arn: str = ""
 
@@ -113,6 +114,7 @@ class Settings:
                 raise ValueError("DATAMASTER_PII_KEY must be set when DATAMASTER_ENV=aws")
             pii_key = LOCAL_DEV_PII_KEY
         subnets = tuple(s for s in e.get("DATAMASTER_ECS_SUBNETS", "").split(",") if s)
+        security_groups = tuple(s for s in e.get("DATAMASTER_ECS_SECURITY_GROUPS", "").split(",") if s)
         return cls(
             env=env,  # type: ignore[arg-type]
             home=Path(e.get("DATAMASTER_HOME", ".datamaster")).absolute(),
@@ -136,6 +138,7 @@ class Settings:
             ecs_cluster=e.get("DATAMASTER_ECS_CLUSTER", "datamaster"),
             ecs_task_definition=e.get("DATAMASTER_ECS_TASK_DEFINITION", "datamaster-bronze-worker"),
             ecs_subnets=subnets,
+            ecs_security_groups=security_groups,
             emr_application_id=e.get("DATAMASTER_EMR_APPLICATION_ID", ""),
             emr_execution_role_arn=e.get("DATAMASTER_EMR_EXECUTION_ROLE_ARN", ""),
         )

@@ -234,6 +234,7 @@ class BronzeCompute(dg.ConfigurableResource):
             ecs_cluster=settings.ecs_cluster,
             ecs_task_definition=settings.ecs_task_definition,
             ecs_subnets=list(settings.ecs_subnets),
+            ecs_security_groups=list(settings.ecs_security_groups),
         )
         values.update(overrides)
         return cls(**values)

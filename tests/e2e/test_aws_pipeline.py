@@ -73,11 +73,6 @@ def aws_pipeline(aws_env, tmp_path, monkeypatch):
     for key, value in compute.environ.items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
-
-    # `definitions.defs` is built at import from the environment of that moment; build it for this one.
-    from datamaster_assets import definitions
-
-    monkeypatch.setattr(definitions, "defs", definitions.build_definitions(settings))
     return settings, summary, ecs_keys
 
 

@@ -50,8 +50,9 @@ def _plain(value: Any) -> Any:
 def run_pipeline(settings: Settings | None = None, *, log_level: str = "INFO") -> PipelineReport:
     settings = settings or Settings.from_env()
     ensure_dagster_home(settings)
-    from datamaster_assets.definitions import defs  # after DAGSTER_HOME is set
+    from datamaster_assets.definitions import build_definitions  # after DAGSTER_HOME is set
 
+    defs = build_definitions(settings)
     lake = open_lake(settings)
     failed_before = _failed_item_ids(lake)
     # A fresh cursor means a full listing: registration is idempotent, so this only adds what's new.
