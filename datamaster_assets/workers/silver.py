@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,7 +37,14 @@ from datamaster_assets.transform.silver import (
     validate_changes,
 )
 
-__all__ = ["SilverApplyResult", "apply_pending_silver", "commit_merge", "read_table"]
+__all__ = [
+    "SilverApplyResult",
+    "apply_pending_silver",
+    "apply_pending_silver_remotely",
+    "commit_merge",
+    "pending_change_rows",
+    "read_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +166,7 @@ def apply_pending_silver(
     result = SilverApplyResult(table=table, identifier=identifier)
     ledger = lake.ledger
 
-    candidates = ledger.claimable(Layer.SILVER.value, table_name=table, limit=max_files or DEFAULT_MAX_FILES, now=now)
-    claimed: list[LedgerItem] = []
-    for item in candidates:
-        got = ledger.claim(item.control_id, owner, lake.settings.lease_seconds, now=now)
-        if got is not None:
-            claimed.append(got)
+    claimed = _claim_pending(lake, table, owner, max_files, now)
 
     loaded: list[tuple[LedgerItem, pa.Table]] = []
     for item in claimed:
@@ -210,6 +212,76 @@ def apply_pending_silver(
     else:
         _describe_stored(lake, identifier, result)
 
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def pending_change_rows(lake: Lake, table: str, *, now: datetime | None = None) -> int:
+    """Change rows waiting for the table (the bronze files' accepted counts): the load measure
+    that sends a silver merge to Spark on EMR Serverless above ``emr_min_change_rows``."""
+    items = lake.ledger.claimable(Layer.SILVER.value, table_name=table, limit=DEFAULT_MAX_FILES, now=now)
+    return sum(i.record_count or 0 for i in items)
+
+
+def _claim_pending(lake: Lake, table: str, owner: str, max_files: int | None, now: datetime | None) -> list[LedgerItem]:
+    candidates = lake.ledger.claimable(
+        Layer.SILVER.value, table_name=table, limit=max_files or DEFAULT_MAX_FILES, now=now
+    )
+    claimed = []
+    for item in candidates:
+        got = lake.ledger.claim(item.control_id, owner, lake.settings.lease_seconds, now=now)
+        if got is not None:
+            claimed.append(got)
+    return claimed
+
+
+def apply_pending_silver_remotely(
+    lake: Lake,
+    table: str,
+    *,
+    owner: str,
+    run_merge: Callable[[str], dict[str, Any]],
+    max_files: int | None = None,
+    now: datetime | None = None,
+) -> SilverApplyResult:
+    """The same ledger protocol as ``apply_pending_silver`` with the merge done elsewhere (the Spark
+    job ``spark/silver_merge.py`` on EMR Serverless, whose ``MERGE INTO`` has the same semantics).
+
+    Claims the pending files, writes their URIs to a manifest object, calls ``run_merge(manifest
+    URI)`` (which returns the job's reported metadata, or raises), then completes the items. A failed
+    job releases the files for a retry; a crash after the job's commit is as harmless as in-process,
+    because the merge ignores changes not newer than the stored watermark.
+    """
+    started = time.perf_counter()
+    identifier = table_identifier(lake.settings, "silver", table)
+    result = SilverApplyResult(table=table, identifier=identifier)
+    claimed = _claim_pending(lake, table, owner, max_files, now)
+    if not claimed:
+        _describe_stored(lake, identifier, result)
+        result.duration_s = time.perf_counter() - started
+        return result
+    manifest_key = f"_manifests/silver-{table}-{claimed[0].control_id}-{len(claimed)}.txt"
+    lake.store.put_bytes(manifest_key, "".join(lake.store.uri(i.object_key) + "\n" for i in claimed).encode())
+    try:
+        reported = run_merge(lake.store.uri(manifest_key))
+    except Exception as exc:
+        for item in claimed:
+            _fail(lake.ledger, item, owner, f"Spark merge of bronze file {item.object_key} into {identifier} failed: {exc}",
+                  permanent=False, now=now, result=result)
+        raise
+    result.committed = True
+    result.change_rows = int(reported.get("changes_read", 0))
+    result.counts = {name: int(reported.get(name, 0)) for name in OUTCOMES}
+    stats = {"engine": "spark", "snapshot_id": reported.get("snapshot_id"), "manifest": manifest_key}
+    for item in claimed:
+        try:
+            lake.ledger.complete(item.control_id, owner, record_count=item.record_count or 0, rejected_count=0,
+                                 output_key=identifier, duration_ms=int((time.perf_counter() - started) * 1000),
+                                 stats=stats, now=now)
+            result.files_applied += 1
+        except LeaseLost:
+            result.lease_lost.append(item.control_id)
+    _describe_stored(lake, identifier, result)
     result.duration_s = time.perf_counter() - started
     return result
 

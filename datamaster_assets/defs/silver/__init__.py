@@ -5,11 +5,12 @@ import dagster as dg
 
 from datamaster_assets.contracts import Contract, load_contracts
 from datamaster_assets.defs.bronze import bronze_key
+from datamaster_assets.defs.compute import SparkCompute
 from datamaster_assets.defs.resources import LakeResource, dagster_metadata
 from datamaster_assets.lake.catalog import read_table
 from datamaster_assets.transform import checks as silver_checks
 from datamaster_assets.workers.gold import build_review_flat_table
-from datamaster_assets.workers.silver import apply_pending_silver
+from datamaster_assets.workers.silver import apply_pending_silver, apply_pending_silver_remotely, pending_change_rows
 
 SILVER_GROUP = "silver"
 REVIEW_FLAT = dg.AssetKey(["silver", "review_flat"])
@@ -38,8 +39,23 @@ def make_silver_asset(contract: Contract) -> dg.AssetsDefinition:
         description=f"Current state of {table}: pending bronze changes merged in order (upsert, soft delete), "
         "copy-on-write in one Iceberg commit.",
     )
-    def _silver(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        result = apply_pending_silver(lake.open(), table, owner=f"dagster:{context.run_id}")
+    def _silver(
+        context: dg.AssetExecutionContext, lake: LakeResource, spark_compute: SparkCompute
+    ) -> dg.MaterializeResult:
+        service = lake.open()
+        owner = f"dagster:{context.run_id}:silver/{table}"
+        change_rows = pending_change_rows(service, table)
+        if spark_compute.use_emr(change_rows):
+            context.log.info(f"{change_rows:,} pending change rows: merging with Spark on EMR Serverless")
+            namespace = service.settings.namespaces["silver"]
+
+            def run_merge(manifest_uri: str) -> dict:
+                return spark_compute.run_job(context, "silver_merge", [
+                    "--table", table, "--manifest", manifest_uri, "--mode", "iceberg", "--namespace", namespace])
+
+            result = apply_pending_silver_remotely(service, table, owner=owner, run_merge=run_merge)
+        else:
+            result = apply_pending_silver(service, table, owner=owner)
         for failure in result.failures:
             context.log.error(failure)
         return dg.MaterializeResult(metadata=dagster_metadata(result.metadata))
