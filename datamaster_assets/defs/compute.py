@@ -409,15 +409,19 @@ class SparkCompute(dg.ConfigurableResource):
             },
         }
 
-    def run_job(self, context: Any, job: str, args: Sequence[str] = (), *, extras: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run ``spark/<job>.py`` on EMR Serverless; returns the metadata the job reported (raises if it failed)."""
+    def launch(self, context: Any, job: str, args: Sequence[str] = (), *, extras: dict[str, Any] | None = None) -> Any:
+        """Run ``spark/<job>.py`` on EMR Serverless through Pipes; returns the Pipes invocation
+        (``get_results()`` gives one MaterializeResult per asset the job reported; raises if it failed)."""
         client = PipesEMRServerlessClient(
             client=_client("emr-serverless", self.region, self.compute_shim),
             message_reader=SessionAwareCloudWatchMessageReader(client=boto3.client("logs", region_name=self.region)),
             poll_interval=self.poll_seconds,
         )
-        invocation = client.run(context=context, start_job_run_params=self.start_job_run_params(job, args), extras=extras)  # type: ignore[arg-type]
-        return reported_metadata(invocation)
+        return client.run(context=context, start_job_run_params=self.start_job_run_params(job, args), extras=extras)  # type: ignore[arg-type]
+
+    def run_job(self, context: Any, job: str, args: Sequence[str] = (), *, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``launch`` and return the metadata the job reported, as one plain dict."""
+        return reported_metadata(self.launch(context, job, args, extras=extras))
 
 
 def compute_resources(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

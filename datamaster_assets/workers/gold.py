@@ -40,6 +40,7 @@ from datamaster_assets.transform.gold import (
     Month,
     compute_marts,
     mart_specs,
+    months_table,
     preview_markdown,
 )
 from datamaster_assets.transform.review_flat import (
@@ -331,6 +332,35 @@ def _total_records(table) -> int:
         return 0
     value = snapshot.summary["total-records"]
     return int(value) if value is not None else 0
+
+
+def pending_gold_work(lake: Lake, marts: Iterable[str] | None = None) -> tuple[set[Month] | None, int]:
+    """What ``refresh_gold`` would recompute, without computing it: the months the marts still need
+    from review_flat (None: a full rebuild) and how many review_flat rows those months hold (the
+    load measure that sends gold to Spark on EMR Serverless)."""
+    flat_table = _load(lake, "silver", REVIEW_FLAT)
+    if flat_table is None or flat_table.current_snapshot() is None:
+        return None, 0
+    current = flat_table.current_snapshot().snapshot_id
+    needed: set[Month] | None = set()
+    for spec in mart_specs(marts):
+        mart_table = _load(lake, "gold", spec.name)
+        since = _source_snapshot_of(mart_table) if mart_table is not None else None
+        if since == current:
+            continue
+        months = months_since(flat_table, since)
+        if months is None:
+            needed = None
+            break
+        needed |= months
+    if needed is None:
+        return None, _total_records(flat_table)
+    if not needed:
+        return set(), 0
+    ym = flat_table.scan(selected_fields=("review_year", "review_month")).to_arrow()
+    wanted = months_table(needed)
+    rows = ym.join(wanted, keys=["review_year", "review_month"], join_type="inner").num_rows
+    return needed, rows
 
 
 def refresh_gold(lake: Lake, marts: Iterable[str] | None = None, *, now: datetime | None = None) -> GoldResult:

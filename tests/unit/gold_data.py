@@ -97,3 +97,12 @@ def silver_set(reviews: list[dict] | None = None) -> dict[str, pa.Table]:
     tables = dimensions()
     tables["review"] = silver_table("review", review_rows() if reviews is None else reviews)
     return tables
+
+
+def write_silver(lake, tables: dict[str, pa.Table]) -> None:
+    """Store the given silver tables in the lake's Iceberg catalog (replacing their contents)."""
+    from datamaster_assets.lake.catalog import load_or_create_table, table_identifier
+
+    for name, table in tables.items():
+        iceberg = load_or_create_table(lake.catalog, table_identifier(lake.settings, "silver", name), table.schema)
+        iceberg.overwrite(table)

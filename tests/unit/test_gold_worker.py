@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from datamaster_assets.lake.catalog import load_or_create_table, table_identifier
+from datamaster_assets.lake.catalog import table_identifier
 from datamaster_assets.lake.factory import open_lake
 from datamaster_assets.settings import Settings
 from datamaster_assets.transform.gold import MARTS, check_totals_reconcile, compute_marts
@@ -19,7 +19,7 @@ from datamaster_assets.workers.gold import (
     encode_months,
     refresh_gold,
 )
-from tests.unit.gold_data import review_rows, silver_set, utc
+from tests.unit.gold_data import review_rows, silver_set, utc, write_silver
 
 NOW = datetime(2024, 3, 1, tzinfo=timezone.utc)
 ALL_MONTHS = [(2010, 1), (2010, 2), (2011, 7)]
@@ -28,12 +28,6 @@ ALL_MONTHS = [(2010, 1), (2010, 2), (2011, 7)]
 @pytest.fixture
 def lake(tmp_path: Path):
     return open_lake(Settings(home=tmp_path / "home"))
-
-
-def write_silver(lake, tables: dict[str, pa.Table]) -> None:
-    for name, table in tables.items():
-        iceberg = load_or_create_table(lake.catalog, table_identifier(lake.settings, "silver", name), table.schema)
-        iceberg.overwrite(table)
 
 
 def gold(lake, name: str) -> pa.Table:

@@ -3,11 +3,12 @@
 
 import dagster as dg
 
+from datamaster_assets.defs.compute import SparkCompute
 from datamaster_assets.defs.resources import LakeResource, dagster_metadata
 from datamaster_assets.defs.silver import REVIEW_FLAT, silver_job
 from datamaster_assets.lake.catalog import read_table
 from datamaster_assets.transform.gold import MARTS, gold_checks
-from datamaster_assets.workers.gold import refresh_gold
+from datamaster_assets.workers.gold import pending_gold_work, refresh_gold
 
 GOLD_GROUP = "gold"
 
@@ -25,9 +26,21 @@ def gold_key(mart: str) -> dg.AssetKey:
     can_subset=True,
     pool="gold",
 )
-def gold_marts(context: dg.AssetExecutionContext, lake: LakeResource):
-    marts = [key.path[-1] for key in context.selected_asset_keys]
-    result = refresh_gold(lake.open(), marts)
+def gold_marts(context: dg.AssetExecutionContext, lake: LakeResource, spark_compute: SparkCompute):
+    marts = sorted(key.path[-1] for key in context.selected_asset_keys)
+    service = lake.open()
+    months, rows = pending_gold_work(service, marts)
+    if spark_compute.use_emr(rows):
+        # Heavy refresh: the Spark job (same semantics, same snapshot bookkeeping) on EMR Serverless.
+        context.log.info(f"{rows:,} review_flat rows to recompute: refreshing gold with Spark on EMR Serverless")
+        namespaces = service.settings.namespaces
+        args = ["--mode", "iceberg", "--silver-namespace", namespaces["silver"], "--gold-namespace", namespaces["gold"]]
+        args += ["--all-months"] if months is None else ["--months", ",".join(f"{y}-{m:02d}" for y, m in sorted(months))]
+        for mart in marts:
+            args += ["--mart", mart]
+        yield from spark_compute.launch(context, "gold_marts", args).get_results()
+        return
+    result = refresh_gold(service, marts)
     for name in marts:
         yield dg.MaterializeResult(asset_key=gold_key(name), metadata=dagster_metadata(result.marts[name].metadata))
 

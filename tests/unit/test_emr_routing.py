@@ -1,5 +1,5 @@
-"""Silver merges above the change-volume threshold go to Spark on EMR Serverless (the ledger
-protocol is the same); below it, or locally, they run in-process."""
+"""Silver merges and gold refreshes above the change-volume threshold go to Spark on EMR Serverless
+(same ledger protocol and snapshot bookkeeping); below it, or locally, they run in-process."""
 
 from __future__ import annotations
 
@@ -101,3 +101,46 @@ def test_the_silver_asset_routes_by_change_volume(tmp_path, env, threshold, expe
         # in-process: the (absent) bronze files fail one by one, each named
         failed = lake.ledger.items(layer="silver")
         assert all("f0.parquet" in i.error_message or "f1.parquet" in i.error_message for i in failed)
+
+
+class FakeInvocation:
+    def __init__(self, results):
+        self._results = results
+
+    def get_results(self):
+        return self._results
+
+
+class RecordingSparkGold(SparkCompute):
+    def launch(self, context, job, args=(), *, extras=None):
+        RecordingSparkGold.launched.append((job, list(args)))
+        return FakeInvocation([dg.MaterializeResult(asset_key=k, metadata={"engine": "spark"})
+                               for k in sorted(context.selected_asset_keys)])
+
+
+def test_gold_routes_to_spark_by_the_review_flat_rows_it_must_recompute(tmp_path):
+    from datamaster_assets.defs.gold import gold_marts
+    from datamaster_assets.workers.gold import build_review_flat_table, pending_gold_work
+    from tests.unit.gold_data import silver_set, write_silver
+
+    home = tmp_path / "home"
+    lake = open_lake(Settings(home=home))
+    write_silver(lake, silver_set())
+    build_review_flat_table(lake)
+    months, rows = pending_gold_work(lake)
+    assert months is None and rows > 0  # never refreshed: everything, all rows
+
+    RecordingSparkGold.launched = []
+    heavy = RecordingSparkGold(env="aws", emr_min_change_rows=rows)
+    result = dg.materialize([gold_marts], resources={"lake": LakeResource(home=str(home)), "spark_compute": heavy})
+    assert result.success
+    (job, args), = RecordingSparkGold.launched
+    assert job == "gold_marts" and "--all-months" in args and args.count("--mart") == 5
+    assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == {
+        "state_by_review_volume", "top_beers_by_rating", "top_breweries_by_rating", "top_drinkers",
+        "top_styles_by_popularity"}
+
+    light = RecordingSparkGold(env="aws", emr_min_change_rows=rows + 1)
+    assert dg.materialize([gold_marts], resources={"lake": LakeResource(home=str(home)), "spark_compute": light}).success
+    assert len(RecordingSparkGold.launched) == 1  # in-process this time
+    assert pending_gold_work(lake) == (set(), 0)  # and now up to date
