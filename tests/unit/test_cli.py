@@ -1,0 +1,58 @@
+"""The datamaster command on a temporary DATAMASTER_HOME (without running Dagster)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+from click.testing import CliRunner
+
+from datamaster_assets.cli import main
+from datamaster_assets.lake.factory import open_lake
+from datamaster_assets.lake.landing import LandingCursor, register_new_objects
+from datamaster_assets.lake.ledger import Status
+from datamaster_assets.settings import Settings
+
+HEADER = b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,review_taste,review_time\n"
+
+
+def test_land_status_and_requeue(dm_home, tmp_path):
+    runner = CliRunner()
+    good = tmp_path / "good.csv.gz"
+    good.write_bytes(gzip.compress(HEADER + b"1,2,3,4,4.0,4.0,4.0,4.0,4.0,1200000000\n"))
+    out = runner.invoke(main, ["land", str(good), "--table", "review"])
+    assert out.exit_code == 0, out.output
+    assert "-> raw/review/" in out.output and out.output.strip().endswith("bytes)")
+
+    refused = runner.invoke(main, ["land", str(good), "--table", "wine"])
+    assert refused.exit_code != 0 and "unknown table 'wine'" in refused.output
+
+    settings = Settings.from_env()
+    lake = open_lake(settings)
+    (item,) = register_new_objects(settings, lake.raw, lake.ledger, LandingCursor()).registered
+    lake.ledger.claim(item.control_id, "w", 60)
+    lake.ledger.fail(item.control_id, "w", f"{item.object_key}: line 7, field review_time: boom", permanent=True)
+
+    table = runner.invoke(main, ["status"])
+    assert table.exit_code == 0
+    assert "bronze  review" in table.output and "Needs attention" in table.output and "boom" in table.output
+    report = json.loads(runner.invoke(main, ["status", "--format", "json"]).output)
+    assert report["counts"] == {"bronze": {"review": {"quarantined": 1}}}
+    assert report["problems"][0]["control_id"] == item.control_id
+    assert "line 7, field review_time" in report["problems"][0]["error_message"]
+
+    assert runner.invoke(main, ["requeue"]).exit_code != 0  # says what to name
+    requeued = runner.invoke(main, ["requeue", item.control_id])
+    assert requeued.exit_code == 0 and "1 item(s) back to pending" in requeued.output
+    assert lake.ledger.get(item.control_id).status == Status.PENDING
+
+
+def test_query_reports_unknown_tables_clearly(dm_home):
+    out = CliRunner().invoke(main, ["query", "SELECT * FROM gold.nope"])
+    assert out.exit_code != 0 and "gold.nope" in out.output
+
+
+def test_a_bad_environment_is_a_clear_error(dm_home, monkeypatch):
+    monkeypatch.setenv("DATAMASTER_ENV", "azure")
+    out = CliRunner().invoke(main, ["status"])
+    assert out.exit_code != 0 and "DATAMASTER_ENV must be 'local' or 'aws'" in out.output
