@@ -335,7 +335,6 @@ def _ensure_silver_initial_input(bench: Bench) -> None:
 
 
 def stage_silver(bench: Bench) -> None:
-    from datamaster_assets.bench.dataset import change_counts  # noqa: F401  (documents the sizes)
     from datamaster_assets.contracts import get_contract
     from datamaster_assets.transform.silver import silver_schema
 
