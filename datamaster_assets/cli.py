@@ -177,7 +177,8 @@ def demo_aws(reviews: int | None) -> None:
 @main.command()
 @click.option("--quick", is_flag=True, help="Small data set (CI smoke run) instead of 1,586,614 reviews.")
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Samples per measurement (default 5, quick 3).")
-@click.option("--stage", "stages", multiple=True, help="Only these stages (repeatable): bronze, silver, gold, e2e.")
+@click.option("--stage", "stages", multiple=True, type=click.Choice(["bronze", "silver", "gold", "e2e"]),
+              help="Only these stages (repeatable).")
 @click.option("--reviews", type=click.IntRange(min=1000), default=None, help="Override the data set size.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-results/report.json"),
               show_default=True)
@@ -185,10 +186,13 @@ def demo_aws(reviews: int | None) -> None:
               show_default=True, help="Generated data sets are kept here between runs.")
 def bench(quick: bool, runs: int | None, stages: tuple[str, ...], reviews: int | None, out: Path, cache_dir: Path) -> None:
     """Time every stage as a whole process, side by side with reference engines; write a JSON report."""
-    from datamaster_assets.bench.harness import bench_main
+    from datamaster_assets.bench import BenchError, bench_main
 
-    bench_main(quick=quick, runs=runs or (3 if quick else 5), out=out, stages=list(stages) or None,
-               cache_dir=cache_dir, reviews=reviews)
+    try:
+        bench_main(quick=quick, runs=runs or (3 if quick else 5), out=out, stages=list(stages) or None,
+                   cache_dir=cache_dir, reviews=reviews)
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
