@@ -337,8 +337,11 @@ class BronzeCompute(dg.ConfigurableResource):
 
 # ---- Spark on EMR Serverless --------------------------------------------------------------------
 def default_spark_submit_parameters(settings: Settings) -> str:
-    """Iceberg on the Glue catalog, as the spark/ jobs expect (EMR 7 ships the Iceberg runtime)."""
+    """Iceberg on the Glue catalog, as the spark/ jobs expect (EMR 7 ships the Iceberg runtime), and
+    the packed virtualenv with the datamaster package and dagster_pipes (docs/spark.md builds it)
+    next to the job scripts."""
     warehouse = f"s3://{settings.lake_bucket}/warehouse"
+    venv = f"s3://{settings.lake_bucket}/code/spark/datamaster_venv.tar.gz#environment"
     return " ".join(
         f"--conf {c}"
         for c in (
@@ -350,6 +353,10 @@ def default_spark_submit_parameters(settings: Settings) -> str:
             "spark.jars=/usr/share/aws/iceberg/lib/iceberg-spark3-runtime.jar",
             "spark.hadoop.hive.metastore.client.factory.class="
             "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory",
+            f"spark.archives={venv}",
+            "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON=./environment/bin/python",
+            "spark.emr-serverless.driverEnv.PYSPARK_PYTHON=./environment/bin/python",
+            "spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python",
         )
     )
 
