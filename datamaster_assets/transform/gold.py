@@ -13,7 +13,7 @@ one ``MartSpec`` entry to ``MARTS``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -171,25 +171,38 @@ def compute_marts(
     A month in ``months`` with no reviews simply yields no rows.
     """
     specs = mart_specs(marts)
-    missing = [c for spec in specs for c in spec.inputs if c not in review_flat.column_names]
+    return dict(iter_marts(review_flat, months, [spec.name for spec in specs]))
+
+
+def iter_marts(
+    review_flat: pa.Table, months: set[Month] | None = None, marts: Iterable[str] | None = None
+) -> Iterator[tuple[str, pa.Table]]:
+    """``compute_marts`` one mart at a time (name, rows), so the caller can write a mart while
+    the next one is computed. One DuckDB connection; the month filter is applied once."""
+    specs = mart_specs(marts)
+    needed = list(dict.fromkeys(c for spec in specs for c in spec.inputs))
+    missing = [c for c in needed if c not in review_flat.column_names]
     if missing:
         raise ValueError(f"review_flat lacks column(s) {sorted(set(missing))} needed by the gold marts")
+    return _generate_marts(review_flat.select(needed), months, specs)
+
+
+def _generate_marts(review_flat: pa.Table, months: set[Month] | None, specs: list[MartSpec]):
     con = duckdb_connection()
     try:
         con.register("review_flat_all", review_flat)
         if months is None:
-            con.execute("CREATE VIEW review_flat AS SELECT * FROM review_flat_all")
+            source = "review_flat_all"
         else:
             con.register("wanted_months", months_table(months))
             con.execute(
-                "CREATE VIEW review_flat AS SELECT f.* FROM review_flat_all f "
+                "CREATE TEMP TABLE review_flat AS SELECT f.* FROM review_flat_all f "
                 "SEMI JOIN wanted_months w USING (review_year, review_month)"
             )
-        out = {}
+            source = "review_flat"
         for spec in specs:
-            query = f"{spec.sql('review_flat')}\nORDER BY review_year, review_month, {spec.order}"
-            out[spec.name] = arrow_of(con.sql(query)).select(spec.schema.names).cast(spec.schema)
-        return out
+            query = f"{spec.sql(source)}\nORDER BY review_year, review_month, {spec.order}"
+            yield spec.name, arrow_of(con.sql(query)).select(spec.schema.names).cast(spec.schema)
     finally:
         con.close()
 

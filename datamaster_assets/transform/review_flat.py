@@ -16,6 +16,8 @@ pyarrow compute for this join at full size (docs/gold.md).
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -93,9 +95,23 @@ def check_inputs(tables: dict[str, pa.Table]) -> None:
             raise ReviewFlatInputError(f"silver.{name} lacks column(s) {missing} needed by review_flat")
 
 
+_database: duckdb.DuckDBPyConnection | None = None
+_database_pid: int | None = None
+_database_lock = threading.Lock()
+
+
 def duckdb_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection pinned to UTC (calendar months are UTC months)."""
-    con = duckdb.connect()
+    """A connection pinned to UTC (calendar months are UTC months) to this process's in-memory DuckDB.
+
+    Opening a new database costs ~20 ms; a connection (cursor) to a shared one costs ~0.2 ms. Each
+    connection has its own registered tables, temp tables and settings, and may be used from its
+    own thread. Close it when done.
+    """
+    global _database, _database_pid
+    with _database_lock:
+        if _database is None or _database_pid != os.getpid():
+            _database, _database_pid = duckdb.connect(), os.getpid()
+        con = _database.cursor()
     con.execute("SET TimeZone = 'UTC'")
     return con
 

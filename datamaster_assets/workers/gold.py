@@ -16,9 +16,12 @@ Running either twice in a row changes nothing the second time and commits no sna
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
@@ -26,6 +29,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -38,8 +42,9 @@ from datamaster_assets.transform.gold import (
     PARTITION_COLUMNS,
     MartSpec,
     Month,
-    compute_marts,
+    iter_marts,
     mart_specs,
+    months_of,
     months_table,
     preview_markdown,
 )
@@ -129,6 +134,51 @@ def read_silver_inputs(lake: Lake) -> dict[str, pa.Table]:
     return out
 
 
+# ---- review_flat handed from its build to the gold refresh in the same process ----------------
+#
+# `datamaster run` (and the benchmark) build review_flat and refresh gold in one process. The
+# refresh would read back the table the build has just written; instead the build leaves the gold
+# input columns here, keyed by the table's uuid and the snapshot that holds exactly those rows, and
+# the refresh uses them only when review_flat's current snapshot is still that one. One entry: a
+# new build replaces it.
+
+
+@dataclass(frozen=True)
+class _FlatInMemory:
+    table_uuid: str
+    snapshot_id: int
+    rows: pa.Table  # GOLD_INPUT_COLUMNS of that snapshot
+
+
+_flat_in_memory: _FlatInMemory | None = None
+_flat_in_memory_lock = threading.Lock()
+
+
+def remember_review_flat(table, rows: pa.Table) -> None:
+    """Keep the gold inputs of ``rows``, which are exactly review_flat at ``table``'s current snapshot."""
+    global _flat_in_memory
+    entry = _FlatInMemory(str(table.metadata.table_uuid), table.current_snapshot().snapshot_id,
+                          rows.select(list(GOLD_INPUT_COLUMNS)))
+    with _flat_in_memory_lock:
+        _flat_in_memory = entry
+
+
+def forget_review_flat() -> None:
+    global _flat_in_memory
+    with _flat_in_memory_lock:
+        _flat_in_memory = None
+
+
+def gold_input_rows(flat_table, snapshot_id: int) -> tuple[pa.Table, bool]:
+    """review_flat's gold input columns at ``snapshot_id``: from memory when this process built
+    that snapshot, else read from the table. Second value: whether it came from memory."""
+    with _flat_in_memory_lock:
+        entry = _flat_in_memory
+    if entry is not None and entry.snapshot_id == snapshot_id and entry.table_uuid == str(flat_table.metadata.table_uuid):
+        return entry.rows, True
+    return flat_table.scan(snapshot_id=snapshot_id, selected_fields=GOLD_INPUT_COLUMNS).to_arrow(), False
+
+
 def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatResult:
     """Rebuild silver.review_flat from silver (copy-on-write overwrite of the whole table) and record
     the months whose gold inputs changed since the previous build."""
@@ -168,9 +218,8 @@ def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatR
             step = time.perf_counter()
             properties = {PROP_AFFECTED_MONTHS: encode_months(diff.gold_months), PROP_BUILT_AT: now.isoformat()}
             try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-                    table.overwrite(new, snapshot_properties=properties)
+                files = write_data_files(table.metadata, table.io, new)
+                commit_replacement(table, files, AlwaysTrue(), properties)
             except CommitFailedException:
                 if attempt == COMMIT_ATTEMPTS:
                     raise
@@ -180,6 +229,8 @@ def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatR
 
     durations["total"] = _ms(start)
     snapshot = table.current_snapshot()
+    if snapshot is not None:
+        remember_review_flat(table, new)
     months = sorted(diff.gold_months)
     result = FlatResult(
         row_count=new.num_rows,
@@ -247,56 +298,126 @@ def _load_or_create_mart(lake: Lake, spec: MartSpec):
     )
 
 
-def _month_data_files(txn, table, rows: pa.Table):
-    """Write ``rows`` (sorted by month) as one Parquet file per month partition.
+FLAT_ROWS_PER_FILE_MIN = 400_000  # below this, one file: splitting costs more than it saves
 
-    pyiceberg's own partitioned write filters the whole table once per partition (O(partitions x
-    rows): 1.6 s for 169 months of top_drinkers); slicing the sorted rows is O(rows). This uses the
-    same internal writer (``write_file``) pyiceberg's ``append`` uses; tests read the partition
-    values back, so an incompatible pyiceberg upgrade fails loudly.
-    """
-    from pyiceberg.io.pyarrow import pyarrow_to_schema, write_file
-    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-    from pyiceberg.table import WriteTask
 
-    if rows.num_rows == 0:
-        return []
-    metadata = txn.table_metadata
-    spec, schema = metadata.spec(), metadata.schema()
+def _row_ranges(table_metadata, rows: pa.Table) -> list[tuple[int, int]]:
+    """Where to cut ``rows`` into data files: one file per month partition (rows must be sorted
+    by month), or for an unpartitioned table one file per core for big tables, so the Parquet
+    encoding (which releases the GIL) runs on every core."""
+    if table_metadata.spec().is_unpartitioned():
+        files = max(1, min(os.cpu_count() or 1, rows.num_rows // FLAT_ROWS_PER_FILE_MIN))
+        bounds = [rows.num_rows * i // files for i in range(files + 1)]
+        return list(zip(bounds, bounds[1:]))
     keys = pc.add(pc.multiply(rows["review_year"].cast(pa.int64()), 100), rows["review_month"]).to_numpy()
     if np.any(np.diff(keys) < 0):
         raise ValueError("mart rows must be sorted by review_year, review_month")
     cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), rows.num_rows]
-    task_schema = pyarrow_to_schema(rows.schema, name_mapping=schema.name_mapping,
-                                    format_version=metadata.format_version)
+    return list(zip(cuts, cuts[1:]))
+
+
+def write_data_files(table_metadata, io, rows: pa.Table) -> list:
+    """Write ``rows`` as Parquet data files of the table (not committed): one per month partition
+    for the gold marts, one per core for big unpartitioned tables.
+
+    This is pyiceberg's own data file writer (``pyiceberg.io.pyarrow.write_file``, what ``append``
+    uses) with the per-table work done once instead of once per file: its schema conversion,
+    statistics plan and writer options cost ~2 ms of Python per file, which at 5 marts x 169 months
+    was most of a full gold build. pyiceberg's partitioned ``append`` is slower still (it filters the
+    whole table once per partition). It relies on pyiceberg internals, so the tests read the files,
+    partition values and column statistics back: an incompatible pyiceberg upgrade fails loudly.
+    """
+    from pyiceberg.io.pyarrow import (
+        _get_parquet_writer_kwargs,
+        _to_requested_schema,
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_path_to_id_mapping,
+        pyarrow_to_schema,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+    from pyiceberg.schema import sanitize_column_names
+    from pyiceberg.table import TableProperties
+    from pyiceberg.table.locations import load_location_provider
+    from pyiceberg.typedef import Record
+    from pyiceberg.utils.properties import property_as_int
+
+    if rows.num_rows == 0:
+        return []
+    properties = table_metadata.properties
+    spec, table_schema = table_metadata.spec(), table_metadata.schema()
+    file_schema = sanitize_column_names(table_schema)
+    rows_schema = pyarrow_to_schema(rows.schema, name_mapping=table_schema.name_mapping,
+                                    format_version=table_metadata.format_version)
+    # Column names and Iceberg field ids as the files carry them, converted once for all files.
+    file_rows = pa.Table.from_batches(
+        [_to_requested_schema(file_schema, rows_schema, batch, include_field_ids=True) for batch in rows.to_batches()]
+    )
+    writer_kwargs = _get_parquet_writer_kwargs(properties)
+    row_group_size = property_as_int(properties, TableProperties.PARQUET_ROW_GROUP_LIMIT,
+                                     TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT)
+    stats_columns = compute_statistics_plan(file_schema, properties)
+    column_mapping = parquet_path_to_id_mapping(file_schema)
+    locations = load_location_provider(table_location=table_metadata.location, table_properties=properties)
     write_uuid = uuid.uuid4()
-    tasks = []
-    for task_id, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
-        part = rows.slice(lo, hi - lo)
-        values = [part[schema.find_column_name(f.source_id)][0].as_py() for f in spec.fields]
-        key = PartitionKey(
-            field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, values)],
-            partition_spec=spec,
-            schema=schema,
+
+    def write_one(task_id: int, lo: int, hi: int):
+        part = file_rows.slice(lo, hi - lo)
+        key = None
+        if not spec.is_unpartitioned():
+            values = [rows[table_schema.find_column_name(f.source_id)][lo].as_py() for f in spec.fields]
+            key = PartitionKey(
+                field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, values)],
+                partition_spec=spec,
+                schema=table_schema,
+            )
+        path = locations.new_data_location(data_file_name=f"00000-{task_id}-{write_uuid}.parquet", partition_key=key)
+        output = io.new_output(path)
+        with output.create(overwrite=True) as stream:
+            with pq.ParquetWriter(stream, schema=part.schema, store_decimal_as_integer=True, **writer_kwargs) as writer:
+                writer.write(part, row_group_size=row_group_size)
+        statistics = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=writer.writer.metadata, stats_columns=stats_columns, parquet_column_mapping=column_mapping
         )
-        tasks.append(WriteTask(write_uuid=write_uuid, task_id=task_id, record_batches=part.to_batches(),
-                               partition_key=key, schema=task_schema))
-    return list(write_file(io=table.io, table_metadata=metadata, tasks=iter(tasks)))
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=path,
+            file_format=FileFormat.PARQUET,
+            partition=key.partition if key is not None else Record(),
+            file_size_in_bytes=len(output),
+            sort_order_id=None,
+            spec_id=table_metadata.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **statistics.to_serialized_dict(),
+        )
+
+    ranges = _row_ranges(table_metadata, rows)
+    if len(ranges) == 1:
+        return [write_one(0, *ranges[0])]
+    with ThreadPoolExecutor(max_workers=min(len(ranges), (os.cpu_count() or 1) + 1)) as pool:
+        return list(pool.map(write_one, range(len(ranges)), *zip(*ranges)))
 
 
-def overwrite_months(table, rows: pa.Table, months: set[Month] | None, properties: dict[str, str]) -> None:
-    """Replace the given months (all when None) with ``rows`` in one Iceberg transaction."""
-    delete_filter = AlwaysTrue() if months is None else month_filter(months)
+def commit_replacement(table, files: list, delete_filter: BooleanExpression, properties: dict[str, str]) -> None:
+    """One transaction: delete what ``delete_filter`` matches, add ``files``. Both snapshots carry
+    ``properties``."""
     with table.transaction() as txn:
         if table.current_snapshot() is not None:
             with warnings.catch_warnings():
                 # A month new to the mart has nothing to delete; that is expected, not a problem.
                 warnings.filterwarnings("ignore", message="Delete operation did not match any records")
                 txn.delete(delete_filter, snapshot_properties=properties)
-        files = _month_data_files(txn, table, rows)
         with txn.update_snapshot(snapshot_properties=properties).fast_append() as append:
             for data_file in files:
                 append.append_data_file(data_file)
+
+
+def overwrite_months(table, rows: pa.Table, months: set[Month] | None, properties: dict[str, str]) -> None:
+    """Replace the given months (all when None) with ``rows`` in one Iceberg transaction."""
+    files = write_data_files(table.metadata, table.io, rows)
+    commit_replacement(table, files, AlwaysTrue() if months is None else month_filter(months), properties)
 
 
 @dataclass
@@ -363,69 +484,137 @@ def pending_gold_work(lake: Lake, marts: Iterable[str] | None = None) -> tuple[s
     return needed, rows
 
 
+@dataclass
+class _MartPlan:
+    spec: MartSpec
+    table: object  # the mart's pyiceberg Table
+    months: set[Month] | None  # None: rebuild every month
+    started: float
+
+
+def _load_review_flat(lake: Lake):
+    flat_table = _load(lake, "silver", REVIEW_FLAT)
+    if flat_table is None or flat_table.current_snapshot() is None:
+        raise GoldInputMissing(
+            f"{table_identifier(lake.settings, 'silver', REVIEW_FLAT)} does not exist yet: build review_flat first"
+        )
+    return flat_table
+
+
+def _plan_mart(lake: Lake, spec: MartSpec, flat_table, current: int) -> _MartPlan | MartResult:
+    """What one mart needs: a result when it is already up to date, else the months to rewrite."""
+    started = time.perf_counter()
+    mart_table = _load_or_create_mart(lake, spec)
+    since = _source_snapshot_of(mart_table)
+    if since == current:
+        return _mart_result(spec, mart_table, "up-to-date", [], 0, current, started)
+    months = months_since(flat_table, since)
+    if months == set():
+        # review_flat moved on without touching gold inputs: nothing to rewrite, no snapshot.
+        return _mart_result(spec, mart_table, "up-to-date", [], 0, since, started)
+    return _MartPlan(spec, mart_table, months, started)
+
+
+def _write_mart_files(plan: _MartPlan, rows: pa.Table) -> tuple[list, list[Month], str]:
+    """The data files of a mart's new rows (not committed), the months written and the preview."""
+    files = write_data_files(plan.table.metadata, plan.table.io, rows)
+    months = sorted(plan.months) if plan.months is not None else sorted(months_of(rows))
+    return files, months, preview_markdown(plan.spec, rows)
+
+
+def _refresh_planned(
+    plans: list[_MartPlan], flat_rows: pa.Table, current: int, now: datetime, durations: dict[str, int]
+) -> tuple[dict[str, MartResult], list[_MartPlan]]:
+    """Compute the planned marts (one DuckDB pass per distinct month set) and replace their months.
+
+    Each mart's Parquet files are written on a worker thread while DuckDB computes the next mart
+    (both release the GIL); the commits happen here, one mart at a time. Returns the results and
+    the plans whose commit lost a race with another writer (to be re-planned)."""
+    by_months: dict[frozenset[Month] | None, list[_MartPlan]] = {}
+    for plan in plans:
+        by_months.setdefault(None if plan.months is None else frozenset(plan.months), []).append(plan)
+    pending: list[tuple[_MartPlan, pa.Table, Future]] = []
+    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="gold-write") as pool:
+        step = time.perf_counter()
+        for group in by_months.values():
+            named = {plan.spec.name: plan for plan in group}
+            for name, rows in iter_marts(flat_rows, group[0].months, list(named)):
+                pending.append((named[name], rows, pool.submit(_write_mart_files, named[name], rows)))
+        durations["compute"] = durations.get("compute", 0) + _ms(step)
+        results: dict[str, MartResult] = {}
+        conflicts: list[_MartPlan] = []
+        for plan, rows, future in pending:
+            step = time.perf_counter()
+            files, months, preview = future.result()
+            durations["write_files_wait"] = durations.get("write_files_wait", 0) + _ms(step)
+            step = time.perf_counter()
+            properties = {
+                PROP_SOURCE_SNAPSHOT: str(current),
+                PROP_AFFECTED_MONTHS: "all" if plan.months is None else encode_months(plan.months),
+                PROP_BUILT_AT: now.isoformat(),
+            }
+            delete_filter = AlwaysTrue() if plan.months is None else month_filter(plan.months)
+            try:
+                commit_replacement(plan.table, files, delete_filter, properties)
+            except CommitFailedException:
+                conflicts.append(plan)
+                continue
+            finally:
+                durations["commit"] = durations.get("commit", 0) + _ms(step)
+            status = "rebuilt" if plan.months is None else "refreshed"
+            result = _mart_result(plan.spec, plan.table, status, months, rows.num_rows, current, plan.started)
+            result.metadata["preview"] = preview
+            results[plan.spec.name] = result
+    return results, conflicts
+
+
 def refresh_gold(lake: Lake, marts: Iterable[str] | None = None, *, now: datetime | None = None) -> GoldResult:
-    """Bring each gold mart up to date with silver.review_flat, recomputing only affected months."""
+    """Bring each gold mart up to date with silver.review_flat, recomputing only affected months.
+
+    All marts are planned against one review_flat snapshot; a mart whose commit loses a race with
+    another writer is planned again against the then-current state (up to COMMIT_ATTEMPTS times)."""
     now = now or datetime.now(timezone.utc)
     specs = mart_specs(marts)
     start = time.perf_counter()
     durations: dict[str, int] = {}
     results: dict[str, MartResult] = {}
-    flat_rows: pa.Table | None = None
+    todo = specs
     flat_snapshot_id: int | None = None
-
-    for spec in specs:
-        mart_start = time.perf_counter()
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            flat_table = _load(lake, "silver", REVIEW_FLAT)
-            if flat_table is None or flat_table.current_snapshot() is None:
-                raise GoldInputMissing(
-                    f"{table_identifier(lake.settings, 'silver', REVIEW_FLAT)} does not exist yet: "
-                    "build review_flat first"
-                )
-            current = flat_table.current_snapshot().snapshot_id
-            if current != flat_snapshot_id:
-                step = time.perf_counter()
-                flat_rows = flat_table.scan(snapshot_id=current, selected_fields=GOLD_INPUT_COLUMNS).to_arrow()
-                flat_snapshot_id = current
-                durations["read_review_flat"] = durations.get("read_review_flat", 0) + _ms(step)
-
-            mart_table = _load_or_create_mart(lake, spec)
-            since = _source_snapshot_of(mart_table)
-            if since == current:
-                results[spec.name] = _mart_result(spec, mart_table, "up-to-date", [], 0, current, mart_start)
-                break
-            months = months_since(flat_table, since)
-            if months == set():
-                # review_flat moved on without touching gold inputs: nothing to rewrite, no snapshot.
-                results[spec.name] = _mart_result(spec, mart_table, "up-to-date", [], 0, since, mart_start)
-                break
-            rows = compute_marts(flat_rows, months, [spec.name])[spec.name]
-            properties = {
-                PROP_SOURCE_SNAPSHOT: str(current),
-                PROP_AFFECTED_MONTHS: "all" if months is None else encode_months(months),
-                PROP_BUILT_AT: now.isoformat(),
-            }
-            try:
-                overwrite_months(mart_table, rows, months, properties)
-            except CommitFailedException:
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-                continue
-            mart_table = mart_table.refresh()
-            status = "rebuilt" if months is None else "refreshed"
-            affected = sorted(months) if months is not None else sorted(
-                set(zip(rows["review_year"].to_pylist(), rows["review_month"].to_pylist()))
-            )
-            results[spec.name] = _mart_result(spec, mart_table, status, affected, rows.num_rows, current, mart_start)
-            results[spec.name].metadata["preview"] = preview_markdown(spec, rows)
+    from_memory = False
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        step = time.perf_counter()
+        flat_table = _load_review_flat(lake)
+        flat_snapshot_id = flat_table.current_snapshot().snapshot_id
+        plans = []
+        for spec in todo:
+            planned = _plan_mart(lake, spec, flat_table, flat_snapshot_id)
+            if isinstance(planned, MartResult):
+                results[spec.name] = planned
+            else:
+                plans.append(planned)
+        durations["plan"] = durations.get("plan", 0) + _ms(step)
+        if not plans:
             break
+        step = time.perf_counter()
+        flat_rows, from_memory = gold_input_rows(flat_table, flat_snapshot_id)
+        durations["read_review_flat"] = durations.get("read_review_flat", 0) + _ms(step)
+        done, conflicts = _refresh_planned(plans, flat_rows, flat_snapshot_id, now, durations)
+        results.update(done)
+        if not conflicts:
+            break
+        if attempt == COMMIT_ATTEMPTS:
+            names = ", ".join(plan.spec.name for plan in conflicts)
+            raise CommitFailedException(f"gold mart(s) {names}: other writers committed first {attempt} times")
+        todo = [plan.spec for plan in conflicts]
 
     durations["total"] = _ms(start)
-    result = GoldResult(marts=results, review_flat_snapshot_id=flat_snapshot_id, durations_ms=durations)
+    ordered = {spec.name: results[spec.name] for spec in specs}
+    result = GoldResult(marts=ordered, review_flat_snapshot_id=flat_snapshot_id, durations_ms=durations)
     result.metadata = {
         "review_flat_snapshot_id": str(flat_snapshot_id),
-        "marts_refreshed": sum(r.status != "up-to-date" for r in results.values()),
-        "rows_written": sum(r.rows_written for r in results.values()),
+        "marts_refreshed": sum(r.status != "up-to-date" for r in ordered.values()),
+        "rows_written": sum(r.rows_written for r in ordered.values()),
+        "review_flat_from_memory": from_memory,  # built by this process: not read back
         "duration_ms": durations["total"],
     }
     return result
