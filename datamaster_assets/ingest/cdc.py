@@ -69,7 +69,7 @@ class CdcReader:
             [pa.field("data", pa.struct(row_fields)), pa.field("metadata", pa.struct(list(METADATA_FIELDS)))]
         )
         self._flat_schema = pa.schema(row_fields + [f for f in METADATA_FIELDS if f.name not in contract.column_names])
-        self._read_options = pajson.ReadOptions(use_threads=True, block_size=1 << 20)
+        self._read_options = pajson.ReadOptions(use_threads=False, block_size=1 << 20)
         self._converters = [(c, converter_for(c, empty_is_null=False)) for c in contract.columns]
         self._names = set(contract.column_names)
 
