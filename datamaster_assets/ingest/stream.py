@@ -89,8 +89,9 @@ def open_decompressed(source: Path | BinaryIO, source_key: str) -> tuple[BinaryI
 
 
 FIRST_READ_BYTES = 64 * 1024
-# Upper bound on a chunk whatever the line length: parser memory is a few times the chunk size.
-MAX_CHUNK_BYTES = 8 * 1024 * 1024
+# Upper bound on a chunk whatever the line length: parser memory is a few times the chunk size,
+# and two chunks are parsed at once (4 MiB: the 642 MB JSON file peaks ~50 MB lower than at 8 MiB).
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def count_newlines(data: bytes | bytearray) -> int:
