@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -34,6 +33,7 @@ from datamaster_assets.ingest.values import (
     build_bronze_array,
     converter_for,
     iso_timestamp,
+    line_numbers,
     source_type,
     to_bronze_column,
 )
@@ -140,7 +140,7 @@ class CdcReader:
             info = {f.name: (parsed.column(f.name).combine_chunks() if f.name in parsed.column_names
                              else pa.nulls(parsed.num_rows, f.type)) for f in METADATA_FIELDS}
             row_missing = None
-        lines = pa.array(np.arange(chunk.first_line, chunk.first_line + parsed.num_rows, dtype=np.int64))
+        lines = line_numbers(chunk.first_line, parsed.num_rows)
         control = pc.fill_null(pc.equal(info["record-type"], "control"), False)
         if row_missing is not None and pc.any(pc.and_(row_missing, pc.invert(control))).as_py():
             return None  # a data line without "data" (or another form mixed in): sort it out line by line

@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -166,7 +165,7 @@ class _Lineage:
 
     @staticmethod
     def _constant(value: pa.Scalar, n: int) -> pa.DictionaryArray:
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value.as_py()], pa.string()))
+        return pa.DictionaryArray.from_arrays(pa.repeat(pa.scalar(0, pa.int32()), n), pa.array([value.as_py()], pa.string()))
 
     def columns(self, n: int, lines: pa.Array, ops, change_ts, change_seq) -> list[pa.Array]:
         """The lineage columns of ``n`` accepted rows; rows without a change time get the batch time."""

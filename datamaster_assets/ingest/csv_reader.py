@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -24,6 +23,7 @@ from datamaster_assets.ingest.values import (
     ValueRejected,
     build_bronze_array,
     converter_for,
+    line_numbers,
     source_type,
     to_bronze_column,
 )
@@ -104,10 +104,6 @@ def _may_hold_blank_lines(parsed: pa.Table) -> bool:
     return bool(pc.any(all_null).as_py())
 
 
-def _line_numbers(first: int, n: int) -> pa.Array:
-    return pa.array(np.arange(first, first + n, dtype=np.int64))
-
-
 def _assemble(contract: Contract, n: int, typed: dict[str, pa.Array]) -> pa.Table:
     arrays = [typed[c.name] if c.name in typed else pa.nulls(n, c.arrow_type) for c in contract.columns]
     return pa.Table.from_arrays(arrays, schema=contract_columns_schema(contract))
@@ -153,7 +149,7 @@ class CsvReader:
             if unrepresentable is not None:
                 return None
             typed[col.name] = values
-        return ParsedBatch(chunk, _assemble(self.contract, n, typed), _line_numbers(chunk.first_line, n))
+        return ParsedBatch(chunk, _assemble(self.contract, n, typed), line_numbers(chunk.first_line, n))
 
     def parse_slow(self, chunk: Chunk) -> ParsedBatch:
         width = len(self.layout.header)
