@@ -17,11 +17,12 @@ Running either twice in a row changes nothing the second time and commits no sna
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 import uuid
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
@@ -527,26 +528,36 @@ def _refresh_planned(
 ) -> tuple[dict[str, MartResult], list[_MartPlan]]:
     """Compute the planned marts (one DuckDB pass per distinct month set) and replace their months.
 
-    Each mart's Parquet files are written on a worker thread while DuckDB computes the next mart
-    (both release the GIL); the commits happen here, one mart at a time. Returns the results and
-    the plans whose commit lost a race with another writer (to be re-planned)."""
+    Three things overlap: DuckDB computes the marts one after another on a worker thread, each
+    mart's Parquet files are written on another worker thread as soon as its rows exist (both
+    release the GIL for the heavy part), and this thread commits each mart as soon as its files are
+    written (all catalog calls stay on the calling thread). Returns the results and the plans whose
+    commit lost a race with another writer (to be planned again)."""
     by_months: dict[frozenset[Month] | None, list[_MartPlan]] = {}
     for plan in plans:
         by_months.setdefault(None if plan.months is None else frozenset(plan.months), []).append(plan)
-    pending: list[tuple[_MartPlan, pa.Table, Future]] = []
-    with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="gold-write") as pool:
-        step = time.perf_counter()
-        for group in by_months.values():
-            named = {plan.spec.name: plan for plan in group}
-            for name, rows in iter_marts(flat_rows, group[0].months, list(named)):
-                pending.append((named[name], rows, pool.submit(_write_mart_files, named[name], rows)))
-        durations["compute"] = durations.get("compute", 0) + _ms(step)
-        results: dict[str, MartResult] = {}
-        conflicts: list[_MartPlan] = []
-        for plan, rows, future in pending:
+    ready: queue.Queue = queue.Queue()  # (plan, rows, files future) in compute order, then None
+    results: dict[str, MartResult] = {}
+    conflicts: list[_MartPlan] = []
+    with ThreadPoolExecutor(max_workers=len(plans) + 1, thread_name_prefix="gold") as pool:
+
+        def compute() -> int:
+            started = time.perf_counter()
+            try:
+                for group in by_months.values():
+                    named = {plan.spec.name: plan for plan in group}
+                    for name, rows in iter_marts(flat_rows, group[0].months, list(named)):
+                        ready.put((named[name], rows, pool.submit(_write_mart_files, named[name], rows)))
+            finally:
+                ready.put(None)
+            return _ms(started)
+
+        computing = pool.submit(compute)
+        while (item := ready.get()) is not None:
+            plan, rows, writing = item
             step = time.perf_counter()
-            files, months, preview = future.result()
-            durations["write_files_wait"] = durations.get("write_files_wait", 0) + _ms(step)
+            files, months, preview = writing.result()
+            durations["wait_for_files"] = durations.get("wait_for_files", 0) + _ms(step)
             step = time.perf_counter()
             properties = {
                 PROP_SOURCE_SNAPSHOT: str(current),
@@ -565,6 +576,7 @@ def _refresh_planned(
             result = _mart_result(plan.spec, plan.table, status, months, rows.num_rows, current, plan.started)
             result.metadata["preview"] = preview
             results[plan.spec.name] = result
+        durations["compute"] = durations.get("compute", 0) + computing.result()  # re-raises its error
     return results, conflicts
 
 
