@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from datamaster_assets.contracts import Contract, get_contract
+from datamaster_assets.contracts import BRONZE_LINEAGE, Contract, get_contract
 from datamaster_assets.ingest.batch import ParsedBatch, Reject
 from datamaster_assets.ingest.cdc import CdcReader
 from datamaster_assets.ingest.csv_reader import CsvReader, split_header
@@ -51,6 +51,12 @@ DICTIONARY_MAX_DISTINCT_SHARE = 0.2
 # the plain bronze schema (string, timestamp[us, UTC], not-null lineage) straight from Parquet types.
 DICTIONARY_LINEAGE = ("_source_key", "_control_id", "_op")
 DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+# Lineage columns are constants, dictionaries or delta-packed sequences: already a few bytes per
+# row group, so zstd only costs a compression context per column chunk. Statistics are skipped
+# where nobody prunes on them (the per-row ids); the time columns keep theirs. Together: ~15 % less
+# writer CPU on the 1.59 M-row CSV for +0.01 MB of file (docs/bronze.md).
+LINEAGE_UNCOMPRESSED = frozenset(BRONZE_LINEAGE.names)
+LINEAGE_WITHOUT_STATISTICS = frozenset(("_source_key", "_control_id", "_op", "_change_seq", "_source_line"))
 
 
 def writer_schema(bronze_schema: pa.Schema) -> pa.Schema:
@@ -96,9 +102,10 @@ class _ParquetOutput:
         return pq.ParquetWriter(
             self.path,
             self.schema,
-            compression=PARQUET_COMPRESSION,
+            compression={name: "none" if name in LINEAGE_UNCOMPRESSED else PARQUET_COMPRESSION for name in self.schema.names},
             use_dictionary=dictionary,
             column_encoding=delta_columns(self.schema, dictionary),
+            write_statistics=[name for name in self.schema.names if name not in LINEAGE_WITHOUT_STATISTICS],
             store_schema=False,
         )
 

@@ -105,3 +105,14 @@ def test_chunks_cover_every_line_once(tmp_path):
     assert sum(c.line_count for c in chunks) == 10_001
     assert [c.first_line for c in chunks] == [1] + [sum(c.line_count for c in chunks[:k]) + 1 for k in range(1, len(chunks))]
     assert b"".join(bytes(c.data) for c in chunks) == body.encode()
+
+
+def test_bronze_file_keeps_statistics_on_contract_and_time_columns(tmp_path):
+    lines = [review_line(i) for i in range(1, 51)]
+    convert(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n")
+    row_group = pq.ParquetFile(tmp_path / "out.parquet").metadata.row_group(0)
+    columns = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
+    assert columns["review_id"].statistics.min == 1 and columns["review_id"].statistics.max == 50
+    assert columns["review_id"].compression == "ZSTD"
+    assert columns["_change_ts"].is_stats_set and columns["_ingested_at"].is_stats_set
+    assert columns["_source_line"].compression == "UNCOMPRESSED"
