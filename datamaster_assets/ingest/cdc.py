@@ -54,10 +54,11 @@ KNOWN_METADATA_KEYS = {
     "prev-transaction-record-id", "commit-timestamp", "stream-position", "seq", "change_seq",
 }
 SAMPLE_LINES = 20
+ENVELOPE_KEYS = ("data", "metadata")
 
 
 def _is_envelope(obj: Any) -> bool:
-    return isinstance(obj, dict) and (isinstance(obj.get("data"), dict) or isinstance(obj.get("metadata"), dict))
+    return isinstance(obj, dict) and any(isinstance(obj.get(key), dict) for key in ENVELOPE_KEYS)
 
 
 class CdcReader:
@@ -68,7 +69,15 @@ class CdcReader:
         self._envelope_schema = pa.schema(
             [pa.field("data", pa.struct(row_fields)), pa.field("metadata", pa.struct(list(METADATA_FIELDS)))]
         )
-        self._flat_schema = pa.schema(row_fields + [f for f in METADATA_FIELDS if f.name not in contract.column_names])
+        # In the flattened form, "data"/"metadata" keys mean an envelope line mixed in. They are
+        # declared as empty structs so the reader flags them (non-null) at no cost when absent;
+        # searching the text for them cost more than parsing a flattened file's metadata.
+        self._envelope_markers = [name for name in ENVELOPE_KEYS if name not in contract.column_names]
+        self._flat_schema = pa.schema(
+            row_fields
+            + [f for f in METADATA_FIELDS if f.name not in contract.column_names]
+            + [pa.field(name, pa.struct([])) for name in self._envelope_markers]
+        )
         self._read_options = pajson.ReadOptions(use_threads=False, block_size=1 << 20)
         self._converters = [(c, converter_for(c, empty_is_null=False)) for c in contract.columns]
         self._names = set(contract.column_names)
@@ -115,8 +124,9 @@ class CdcReader:
         return batch or self.parse_slow(chunk)
 
     def parse_fast(self, chunk: Chunk, envelope: bool) -> ParsedBatch | None:
-        if not envelope and (b'"data"' in chunk.data or b'"metadata"' in chunk.data):
-            return None  # envelope lines mixed into a flattened chunk: sort them out line by line
+        if not envelope and len(self._envelope_markers) < len(ENVELOPE_KEYS):
+            if b'"data"' in chunk.data or b'"metadata"' in chunk.data:
+                return None  # a contract column is named like an envelope key: sort it out line by line
         schema = self._envelope_schema if envelope else self._flat_schema
         try:
             parsed = pajson.read_json(
@@ -128,6 +138,8 @@ class CdcReader:
             return None
         if parsed.num_rows != chunk.line_count:
             return None  # blank lines were skipped: line numbers would not match
+        if not envelope and any(parsed.column(name).null_count < parsed.num_rows for name in self._envelope_markers):
+            return None  # envelope lines mixed into a flattened chunk: sort them out line by line
         parsed = parsed.combine_chunks()
         if envelope:
             data = parsed.column("data").chunk(0) if parsed.num_rows else pa.array([], schema.field("data").type)

@@ -116,3 +116,29 @@ def test_bronze_file_keeps_statistics_on_contract_and_time_columns(tmp_path):
     assert columns["review_id"].compression == "ZSTD"
     assert columns["_change_ts"].is_stats_set and columns["_ingested_at"].is_stats_set
     assert columns["_source_line"].compression == "UNCOMPRESSED"
+
+
+def flat_line(i: int, **extra) -> str:
+    row = {"review_id": i, "brewery_id": i + 10, "beer_id": i + 20, "profile_id": i + 30, "review_overall": 4.5,
+           "review_time": 1073452775, "operation": "insert", "timestamp": f"2024-01-01T00:00:{i % 60:02d}Z"}
+    return json.dumps({**row, **extra})
+
+
+def test_flattened_cdc_stays_on_the_fast_path_and_catches_envelope_lines(tmp_path):
+    lines = [flat_line(i) for i in range(1, 61)]
+    outcome, table, _ = convert(tmp_path, "\n".join(lines) + "\n", fmt="json", batch_rows=20)
+    assert outcome.slow_batches == 0 and outcome.accepted == 60
+    assert set(table.column("_op").to_pylist()) == {"insert"}
+
+    envelope = json.dumps({"data": json.loads(flat_line(99)), "metadata": {"operation": "update",
+                                                                           "timestamp": "2024-01-02T00:00:00Z"}})
+    outcome, table, _ = convert(tmp_path, "\n".join(lines[:30] + [envelope] + lines[30:]) + "\n", fmt="json", batch_rows=20)
+    assert outcome.accepted == 61 and outcome.slow_batches >= 1
+    assert table.column("review_id").to_pylist()[30] == 99 and table.column("_op").to_pylist()[30] == "update"
+
+
+def test_flattened_line_with_a_null_data_key_is_a_row_not_an_envelope(tmp_path):
+    text = flat_line(1) + "\n" + json.dumps({"data": None, "operation": "insert"}) + "\n"
+    outcome, table, rejects = convert(tmp_path, text, fmt="json")
+    assert (outcome.accepted, outcome.rejected) == (1, 1)
+    assert rejects[0]["line"] == 2 and "required value is missing" in rejects[0]["reason"]
