@@ -173,11 +173,18 @@ def forget_review_flat() -> None:
 def gold_input_rows(flat_table, snapshot_id: int) -> tuple[pa.Table, bool]:
     """review_flat's gold input columns at ``snapshot_id``: from memory when this process built
     that snapshot, else read from the table. Second value: whether it came from memory."""
+    rows = _in_memory_rows(flat_table, snapshot_id)
+    if rows is not None:
+        return rows, True
+    return flat_table.scan(snapshot_id=snapshot_id, selected_fields=GOLD_INPUT_COLUMNS).to_arrow(), False
+
+
+def _in_memory_rows(flat_table, snapshot_id: int) -> pa.Table | None:
     with _flat_in_memory_lock:
         entry = _flat_in_memory
     if entry is not None and entry.snapshot_id == snapshot_id and entry.table_uuid == str(flat_table.metadata.table_uuid):
-        return entry.rows, True
-    return flat_table.scan(snapshot_id=snapshot_id, selected_fields=GOLD_INPUT_COLUMNS).to_arrow(), False
+        return entry.rows
+    return None
 
 
 def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatResult:
@@ -479,7 +486,9 @@ def pending_gold_work(lake: Lake, marts: Iterable[str] | None = None) -> tuple[s
         return None, _total_records(flat_table)
     if not needed:
         return set(), 0
-    ym = flat_table.scan(selected_fields=("review_year", "review_month")).to_arrow()
+    in_memory = _in_memory_rows(flat_table, current)
+    ym = (in_memory.select(list(PARTITION_COLUMNS)) if in_memory is not None
+          else flat_table.scan(selected_fields=PARTITION_COLUMNS).to_arrow())
     wanted = months_table(needed)
     rows = ym.join(wanted, keys=["review_year", "review_month"], join_type="inner").num_rows
     return needed, rows

@@ -174,3 +174,23 @@ def test_marts_computed_concurrently_are_identical():
     for other in results[1:]:
         for name in MARTS:
             assert other[name].equals(results[0][name]), name
+
+
+def test_pending_work_counts_the_same_rows_from_memory_and_from_the_table(lake):
+    rows = review_rows()
+    write_silver(lake, silver_set(rows))
+    build_review_flat_table(lake, now=NOW)
+    refresh_gold(lake, now=NOW)
+    rescored = [dict(r, review_overall=4.5) if r["review_id"] == rows[0]["review_id"] else r for r in rows]
+    write_silver(lake, silver_set(rescored))
+    flat = build_review_flat_table(lake, now=NOW)
+    assert flat.affected_months
+    from_memory = worker.pending_gold_work(lake)
+    forget_review_flat()
+    from_table = worker.pending_gold_work(lake)
+    assert from_memory == from_table
+    months, count = from_table
+    assert months == set(flat.affected_months)
+    expected = flat_table(lake).scan().to_arrow()
+    assert count == sum((y, m) in months for y, m in zip(expected["review_year"].to_pylist(),
+                                                          expected["review_month"].to_pylist()))
