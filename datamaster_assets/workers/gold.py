@@ -12,6 +12,10 @@ How gold knows what to recompute (docs/gold.md):
   cannot account for (a new mart, expired history, a foreign snapshot) means a full rebuild.
 
 Running either twice in a row changes nothing the second time and commits no snapshot.
+
+When both run in one process (``datamaster run``, the benchmark), the build leaves the rows it
+committed in memory, keyed by review_flat's snapshot, and the refresh uses them instead of reading
+the table back only if that snapshot is still the current one.
 """
 
 from __future__ import annotations
