@@ -274,7 +274,7 @@ def convert_to_bronze(
                     continue
             saw_line = True
             pending.append(pool.submit(_process_chunk, reader, chunk, contract, key, lineage, writer.schema))
-            if len(pending) > PARSE_THREADS:
+            if len(pending) >= PARSE_THREADS:  # no chunk waits for a thread: memory stays flat
                 finish(pending.popleft().result())
         while pending:
             finish(pending.popleft().result())
