@@ -45,7 +45,7 @@ class Settings:
     landing_page_size: int = 1000
     landing_reconcile_every: int = 60
     # Bronze
-    bronze_batch_rows: int = 256 * 1024
+    bronze_batch_rows: int = 64 * 1024  # the converter caps chunks at 64 Ki lines / 4 MiB anyway
     reject_rate_threshold: float = 0.05
     # Silver/gold: above this many pending change rows, silver/gold go to Spark on EMR (aws only).
     emr_min_change_rows: int = 5_000_000
@@ -125,7 +125,7 @@ class Settings:
             batch_max_bytes=_int(e, "DATAMASTER_BATCH_MAX_BYTES", 512 * 1024 * 1024),
             landing_page_size=_int(e, "DATAMASTER_LANDING_PAGE_SIZE", 1000),
             landing_reconcile_every=_int(e, "DATAMASTER_LANDING_RECONCILE_EVERY", 60),
-            bronze_batch_rows=_int(e, "DATAMASTER_BRONZE_BATCH_ROWS", 256 * 1024),
+            bronze_batch_rows=_int(e, "DATAMASTER_BRONZE_BATCH_ROWS", 64 * 1024),
             reject_rate_threshold=float(e.get("DATAMASTER_REJECT_RATE_THRESHOLD", "0.05")),
             emr_min_change_rows=_int(e, "DATAMASTER_EMR_MIN_CHANGE_ROWS", 5_000_000),
             pii_key=pii_key,
