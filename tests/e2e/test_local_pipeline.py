@@ -146,13 +146,15 @@ def test_a_bad_file_is_quarantined_while_the_others_succeed_and_can_be_requeued(
                          b"review_appearance,review_palate,review_taste,review_time\n" + b"1,2,3,4,4.0,4,4,4,4,1200000000\n" * 500)
     truncated.write_bytes(full[: len(full) // 2])
     land_file(lake.raw, "review", truncated, datetime(2026, 11, 2, 0, 1, tzinfo=timezone.utc))
+    lake.raw.put_bytes("raw/wine/20261102T000200000000Z-wine.csv.gz", gzip.compress(b"id\n1\n"))  # no contract
 
     report = run_pipeline(settings)
     assert not report.ok
-    assert len(report.failed_items) == 2
+    assert len(report.failed_items) == 3
+    assert any("no contract for table 'wine'" in f for f in report.failed_items)
     assert any("broken.csv.gz" in f and "quarantined" in f for f in report.failed_items)
     assert any("truncated.csv.gz" in f for f in report.failed_items)
-    quarantined = lake.ledger.items(status=Status.QUARANTINED)
+    quarantined = lake.ledger.items(status=Status.QUARANTINED, table_name="review")
     assert {i.object_key.rsplit("-", 1)[-1] for i in quarantined} == {"broken.csv.gz", "truncated.csv.gz"}
     assert all(i.error_message for i in quarantined)
     # the good files went all the way to gold

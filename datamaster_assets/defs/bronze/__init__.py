@@ -137,6 +137,22 @@ def _unprocessable_reason(item: LedgerItem) -> str | None:
     return None
 
 
+def quarantine_unprocessable(service, items: list[LedgerItem], warn) -> list[LedgerItem]:
+    """Quarantine items no bronze asset can process (no contract, format not accepted) with a
+    message naming the file; return the others."""
+    runnable = []
+    for item in items:
+        reason = _unprocessable_reason(item)
+        if reason is None:
+            runnable.append(item)
+            continue
+        owner = f"bronze_control:{item.control_id}:{item.attempt_count}"
+        if service.ledger.claim(item.control_id, owner, service.settings.lease_seconds) is not None:
+            service.ledger.fail(item.control_id, owner, reason, permanent=True)
+            warn(f"quarantined {item.control_id}: {reason}")
+    return runnable
+
+
 bronze_job = dg.define_asset_job(
     "bronze_job", selection=dg.AssetSelection.groups(BRONZE_GROUP), tags={"datamaster/layer": "bronze"}
 )
@@ -154,16 +170,7 @@ def bronze_control_sensor(context: dg.SensorEvaluationContext, lake: LakeResourc
     service = lake.open()
     settings = service.settings
     claimable = service.ledger.claimable(Layer.BRONZE.value, limit=10 * settings.batch_max_files)
-    runnable = []
-    for item in claimable:
-        reason = _unprocessable_reason(item)
-        if reason is None:
-            runnable.append(item)
-            continue
-        claimed = service.ledger.claim(item.control_id, "bronze_control_sensor", settings.lease_seconds)
-        if claimed is not None:
-            service.ledger.fail(item.control_id, "bronze_control_sensor", reason, permanent=True)
-            context.log.warning(f"quarantined {item.control_id}: {reason}")
+    runnable = quarantine_unprocessable(service, claimable, context.log.warning)
     batches = plan_batches(runnable, max_files=settings.batch_max_files, max_bytes=settings.batch_max_bytes)
     requests = [
         dg.RunRequest(

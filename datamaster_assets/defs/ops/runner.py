@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
+from datamaster_assets.defs.bronze import quarantine_unprocessable
 from datamaster_assets.defs.ops.instance import ensure_dagster_home
 from datamaster_assets.lake.factory import open_lake
 from datamaster_assets.lake.landing import LandingCursor, register_new_objects
-from datamaster_assets.lake.ledger import Status
+from datamaster_assets.lake.ledger import Layer, Status
 from datamaster_assets.settings import Settings
 
 PIPELINE_JOB = "medallion_job"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +60,7 @@ def run_pipeline(settings: Settings | None = None, *, log_level: str = "INFO") -
     failed_before = _failed_item_ids(lake)
     # A fresh cursor means a full listing: registration is idempotent, so this only adds what's new.
     landing = register_new_objects(settings, lake.raw, lake.ledger, LandingCursor())
+    quarantine_unprocessable(lake, lake.ledger.claimable(Layer.BRONZE.value, limit=100_000), log.warning)
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def(PIPELINE_JOB)
     result = job.execute_in_process(
