@@ -1,11 +1,11 @@
 """Full-size gold benchmark, Spark next to the Arrow/DuckDB engine (not a test)::
 
-    python -m datamaster_assets.spark.gold_bench --reviews 1586614 --repeat 3
+    python -m datamaster_assets.bench.gold_spark --reviews 1586614 --repeat 3
 
-On the synthetic silver set of ``workers.gold_bench`` (real dimensions, generated reviews), each
+On the synthetic silver set of ``bench.gold_engines`` (real dimensions, generated reviews), each
 round times, side by side:
 
-- ``duckdb in-process``: review_flat + five marts + zstd Parquet output (``workers.gold_bench``);
+- ``duckdb in-process``: review_flat + five marts + zstd Parquet output (``bench.gold_engines``);
 - ``spark job, whole process``: ``python -m datamaster_assets.spark.gold_marts --mode parquet
   --all-months`` in a fresh process on ``local[2]`` (interpreter, JVM start and stop included);
 - ``spark job, warm session``: the same job function in an already started local[2] session.
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from datamaster_assets.transform.gold import MARTS, PARTITION_COLUMNS, compute_marts
 from datamaster_assets.transform.review_flat import build_review_flat
-from datamaster_assets.workers.gold_bench import FULL_SIZE_REVIEWS, bench_compute, synthetic_silver
+from datamaster_assets.bench.gold_engines import FULL_SIZE_REVIEWS, bench_compute, synthetic_silver
 
 LOCAL_SPARK_CONF = {
     "spark.ui.enabled": "false",

@@ -1,4 +1,4 @@
-"""Full-size benchmark for review_flat + gold: ``python -m datamaster_assets.workers.gold_bench``.
+"""Full-size benchmark for review_flat + gold: ``python -m datamaster_assets.bench.gold_engines``.
 
 Builds a synthetic silver set (the real brewery/beer/profile dimensions vendored in the package,
 ``--reviews`` generated reviews over 169 months with a skewed beer popularity), then times:
