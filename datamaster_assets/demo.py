@@ -45,7 +45,8 @@ def run_demo(
     echo(f"DATAMASTER_ENV={settings.env}  DATAMASTER_HOME={settings.home}")
     if lake.raw.list_after(RAW_PREFIX, None, 1):
         echo("Raw landing area already seeded: processing what is pending "
-             "(rm -rf the DATAMASTER_HOME above for a fresh start).")
+             "(rm -rf the DATAMASTER_HOME above for a fresh start"
+             + (f"; --reviews {reviews:,} applies only to a fresh one)." if reviews else ")."))
     else:
         started = time.perf_counter()
         summary = seed_raw(lake, reviews=reviews or DEFAULT_DEMO_REVIEWS, changes=True)
