@@ -91,19 +91,11 @@ _AWS_OVERRIDES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_
 def patched_environ(values: Mapping[str, str], remove: tuple[str, ...] = ()) -> Iterator[None]:
     """Set ``values`` (and drop ``remove`` plus every per-service ``AWS_ENDPOINT_URL_*``) in
     os.environ for the duration; restore everything afterwards."""
-    drop = set(remove) | {k for k in os.environ if k.startswith("AWS_ENDPOINT_URL_")}
-    saved = {k: os.environ.get(k) for k in set(values) | drop}
-    for key in drop:
-        os.environ.pop(key, None)
-    os.environ.update(values)
-    try:
+    from datamaster_assets.workers.pipes_shim import patched_environ as patch
+
+    overrides = {k for k in os.environ if k.startswith("AWS_ENDPOINT_URL_")}
+    with patch(values, remove=set(remove) | overrides):
         yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def routing_rows(lake) -> list[dict[str, object]]:

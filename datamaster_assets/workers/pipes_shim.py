@@ -45,7 +45,7 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 import boto3
@@ -192,7 +192,7 @@ class ComputeShim:
         started = time.monotonic()
         error: dict[str, Any] | None = None
         result: Any = None
-        with self._env_lock, _patched_environ({**fn_env, "AWS_LAMBDA_FUNCTION_NAME": ctx.function_name}):
+        with self._env_lock, patched_environ({**fn_env, "AWS_LAMBDA_FUNCTION_NAME": ctx.function_name}):
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 try:
                     module_name, fn_name = config["Handler"].rsplit(".", 1)
@@ -348,8 +348,12 @@ class ComputeShim:
 
 
 @contextlib.contextmanager
-def _patched_environ(values: Mapping[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
+def patched_environ(values: Mapping[str, str], remove: Iterable[str] = ()):
+    """Set ``values`` and drop ``remove`` in os.environ for the duration; restore everything after."""
+    drop = set(remove)
+    saved = {k: os.environ.get(k) for k in set(values) | drop}
+    for key in drop:
+        os.environ.pop(key, None)
     os.environ.update({k: str(v) for k, v in values.items()})
     try:
         yield
