@@ -193,7 +193,7 @@ def test_affected_keys_and_unchanged_rows_kept():
     table, (r,) = apply([{"op": "update", "t": 2, "brewery_id": 2, "brewery_name": "two"}], start=base)
     assert r.affected_keys["brewery_id"].to_pylist() == [2]
     assert state(table) == {1: ("1", 1, 1, None, 1), 2: ("two", 1, 2, None, 2), 3: ("3", 1, 1, None, 1)}
-    assert table["brewery_id"].num_chunks == 2  # kept rows + written rows: no copy needed
+    assert table["brewery_id"].to_pylist() == [1, 2, 3]  # stored in key order
 
 
 def test_many_small_chunks_are_made_contiguous():
@@ -347,3 +347,37 @@ def test_review_merge_at_scale_keeps_row_count_and_values():
     by_id = second.table.sort_by("review_id")
     assert by_id["review_overall"].to_pylist()[1::2] == updates["review_overall"].to_pylist()
     assert by_id["review_overall"].to_pylist()[0::2] == load["review_overall"].to_pylist()[0::2]
+
+
+def test_integer_key_tables_stay_sorted_by_key_through_merges():
+    rng = random.Random(7)
+    first = [{"op": "insert", "t": 1, "brewery_id": k, "brewery_name": str(k)} for k in rng.sample(range(1, 400), 150)]
+    table, _ = apply(first)
+    assert table["brewery_id"].to_pylist() == sorted(r["brewery_id"] for r in first)  # an unsorted load is sorted
+    second = ([{"op": "update", "t": 2, "brewery_id": r["brewery_id"], "brewery_name": "u"} for r in first[:40]]
+              + [{"op": "delete", "t": 2, "brewery_id": r["brewery_id"]} for r in first[40:60]]
+              + [{"op": "insert", "t": 2, "brewery_id": k, "brewery_name": "n"} for k in range(400, 450)]
+              + [{"op": "delete", "t": 2, "brewery_id": 1000}])  # a tombstone
+    rng.shuffle(second)
+    table, (r,) = apply(second, start=table)
+    keys = table["brewery_id"].to_pylist()
+    assert keys == sorted(keys) and len(keys) == 150 + 50 + 1
+    assert r.counts() == dict.fromkeys(OUTCOMES, 0) | {"updated": 40, "deleted": 20, "inserted": 50, "tombstoned": 1}
+
+
+def test_binary_search_and_hash_lookups_give_the_same_merge():
+    """A sorted stored table takes the binary-search path; the same rows shuffled take the hash
+    path (and come back sorted). Both must give the same rows and outcomes."""
+    rng = random.Random(11)
+    base, _ = apply([{"op": "insert", "t": 1, "brewery_id": k, "brewery_name": str(k)} for k in range(1, 301)])
+    shuffled = base.take(pa.array(rng.sample(range(base.num_rows), base.num_rows)))
+    changes = []
+    for k in rng.sample(range(1, 400), 200):
+        op = rng.choice(["update", "delete", "insert", "load"])
+        changes.append({"op": op, "t": rng.choice([0, 1, 2, 3]), "brewery_id": k, "brewery_name": f"v{k}"})
+    sorted_result = merge_changes(base, bronze_table("brewery", changes, source_key="f"), BREWERY)
+    hashed_result = merge_changes(shuffled, bronze_table("brewery", changes, source_key="f"), BREWERY)
+    assert state(sorted_result.table) == state(hashed_result.table)
+    assert sorted_result.table.equals(hashed_result.table)
+    assert np.array_equal(sorted_result.outcomes, hashed_result.outcomes)
+    assert sorted_result.counts()["stale_ignored"] > 0 and sorted_result.counts()["updated"] > 0
