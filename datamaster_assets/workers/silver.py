@@ -21,10 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue
 
 from datamaster_assets.contracts import Contract, get_contract
 from datamaster_assets.lake.catalog import load_or_create_table, read_table, table_identifier
 from datamaster_assets.lake.factory import Lake
+from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
 from datamaster_assets.lake.ledger import Layer, LedgerItem, LeaseLost
 from datamaster_assets.lake.objectstore import ObjectStore
 from datamaster_assets.transform.silver import (
@@ -143,10 +145,8 @@ def commit_merge(
             stored = merged.table
             return CommitOutcome(merged, snapshot.snapshot_id if snapshot else None, False, attempt), stored
         try:
-            if current is None:
-                table.append(merged.table)
-            else:
-                table.overwrite(merged.table)
+            # Copy-on-write: the new table replaces every data file, in one transaction.
+            commit_replacement(table, write_data_files(table.metadata, table.io, merged.table), AlwaysTrue(), {})
         except CommitFailedException as exc:
             if attempt == attempts:
                 raise

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from datamaster_assets.lake import iceberg_files
 from datamaster_assets.lake.catalog import table_identifier
 from datamaster_assets.lake.factory import open_lake
 from datamaster_assets.settings import Settings
@@ -102,8 +103,8 @@ def test_review_flat_changed_by_another_writer_is_read_not_taken_from_memory(lak
 
 
 def test_big_review_flat_is_written_as_one_file_per_core(lake, monkeypatch):
-    monkeypatch.setattr(worker, "FLAT_ROWS_PER_FILE_MIN", 10)
-    monkeypatch.setattr(worker.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(iceberg_files, "ROWS_PER_FILE_MIN", 10)
+    monkeypatch.setattr(iceberg_files.os, "cpu_count", lambda: 3)
     tables = silver_set()
     write_silver(lake, tables)
     result = build_review_flat_table(lake, now=NOW)

@@ -272,3 +272,24 @@ def test_failed_commit_releases_the_files_for_a_retry(lake: Lake):
     del lake.__dict__["catalog"]
     assert apply_pending_silver(lake, "brewery", owner="test").files_applied == 1
     assert brewery_state(lake) == {1: ("A", False)}
+
+
+def test_a_big_rewrite_is_split_into_key_ordered_files_and_replaces_them_all(lake: Lake, monkeypatch):
+    from datamaster_assets.lake import iceberg_files
+
+    monkeypatch.setattr(iceberg_files, "ROWS_PER_FILE_MIN", 10)
+    monkeypatch.setattr(iceberg_files.os, "cpu_count", lambda: 2)
+    land_bronze(lake, "load", bronze_table("brewery", [{"op": "insert", "t": 1, "brewery_id": i, "brewery_name": f"b{i}"}
+                                                       for i in range(40, 0, -1)]))
+    apply_pending_silver(lake, "brewery", owner="test")
+    land_bronze(lake, "changes", bronze_table("brewery", [{"op": "update", "t": 2, "brewery_id": 7, "brewery_name": "x"},
+                                                          {"op": "insert", "t": 2, "brewery_id": 41, "brewery_name": "y"}]))
+    result = apply_pending_silver(lake, "brewery", owner="test")
+    assert result.counts["updated"] == 1 and result.counts["inserted"] == 1
+    files = lake.catalog.load_table("silver.brewery").inspect.files().to_pylist()
+    assert len(files) == 2 and sum(f["record_count"] for f in files) == 41  # the first load's files are gone
+    ranges = sorted((f["readable_metrics"]["brewery_id"]["lower_bound"], f["readable_metrics"]["brewery_id"]["upper_bound"])
+                    for f in files)
+    assert ranges == [(1, 20), (21, 41)]  # stored sorted by key: each file holds one key range
+    state = brewery_state(lake)
+    assert len(state) == 41 and state[7] == ("x", False) and state[41] == ("y", False)
