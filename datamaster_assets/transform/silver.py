@@ -380,8 +380,10 @@ def _assemble(current: pa.Table, touched: np.ndarray, written: pa.Table, key: tu
     if not written.num_rows:
         return current
     if sorted_keys is not None:
-        kept_rows = np.flatnonzero(~touched)
         written_keys = written[key[0]].to_numpy()
+        if not current.num_rows and (written_keys.size < 2 or bool((written_keys[1:] > written_keys[:-1]).all())):
+            return written  # a first load already in key order: nothing to move
+        kept_rows = np.flatnonzero(~touched)
         written_order = np.argsort(written_keys, kind="stable")
         # Where each written row lands among the kept ones, in key order.
         landing = np.searchsorted(sorted_keys[kept_rows], written_keys[written_order]) + np.arange(written.num_rows)
