@@ -51,3 +51,33 @@ def test_unpartitioned_tables_get_one_file_per_core_once_big(monkeypatch):
     assert row_ranges(metadata(UNPARTITIONED_PARTITION_SPEC), small) == [(0, small.num_rows)]
     monkeypatch.setattr(iceberg_files, "ROWS_PER_FILE_MIN", 10)
     assert row_ranges(metadata(UNPARTITIONED_PARTITION_SPEC), rows([1] * 25, [1] * 25)) == [(0, 12), (12, 25)]
+
+
+def _encodings(path: str) -> set[str]:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path.removeprefix("file://")).metadata
+    return {enc for rg in range(meta.num_row_groups) for col in range(meta.num_columns)
+            for enc in meta.row_group(rg).column(col).encodings}
+
+
+def test_small_files_skip_dictionary_encoding_and_big_ones_keep_it(tmp_path, monkeypatch):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from datamaster_assets.lake.catalog import iceberg_schema
+    from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
+    from pyiceberg.expressions import AlwaysTrue
+
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
+    catalog.create_namespace("g")
+    data = rows([2010] * 30 + [2011] * 5, [1] * 35)
+    table = catalog.create_table("g.m", schema=iceberg_schema(data.schema),
+                                 partition_spec=PartitionSpec(PartitionField(1, 1000, IdentityTransform(), "year")))
+    monkeypatch.setattr(iceberg_files, "DICTIONARY_ROWS_MIN", 10)
+    files = write_data_files(table.metadata, table.io, data)
+    commit_replacement(table, files, AlwaysTrue(), {})
+    by_rows = {f.record_count: _encodings(f.file_path) for f in files}
+    assert set(by_rows) == {30, 5}
+    assert any("DICTIONARY" in e for e in by_rows[30])
+    assert not any("DICTIONARY" in e for e in by_rows[5])
+    assert table.refresh().scan().to_arrow().num_rows == 35
