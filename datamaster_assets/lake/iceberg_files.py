@@ -90,8 +90,10 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
     rows_schema = pyarrow_to_schema(rows.schema, name_mapping=table_schema.name_mapping,
                                     format_version=table_metadata.format_version)
     # Column names and Iceberg field ids as the files carry them, converted once for all files.
+    format_model = _parquet_format_model()
     file_rows = pa.Table.from_batches(
-        [_to_requested_schema(file_schema, rows_schema, batch, include_field_ids=True) for batch in rows.to_batches()]
+        [_to_requested_schema(file_schema, rows_schema, batch, include_field_ids=True, **format_model)
+         for batch in rows.to_batches()]
     )
     writer_kwargs = _get_parquet_writer_kwargs(properties)
     row_group_size = property_as_int(properties, TableProperties.PARQUET_ROW_GROUP_LIMIT,
@@ -139,6 +141,18 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
         return [write_one(0, *ranges[0])]
     with ThreadPoolExecutor(max_workers=min(len(ranges), (os.cpu_count() or 1) + 1)) as pool:
         return list(pool.map(write_one, range(len(ranges)), *zip(*ranges)))
+
+
+def _parquet_format_model() -> dict:
+    """pyiceberg 0.12 puts the field ids in through a file format model, and ``_to_requested_schema``
+    refuses ``include_field_ids`` without one; 0.11 has no such argument (it always wrote Parquet ids)."""
+    try:
+        from pyiceberg.io.fileformat import FileFormatFactory
+    except ImportError:  # pyiceberg < 0.12
+        return {}
+    from pyiceberg.manifest import FileFormat
+
+    return {"format_model": FileFormatFactory.get(FileFormat.PARQUET)}
 
 
 def commit_replacement(table, files: list, delete_filter: BooleanExpression, properties: dict[str, str]) -> None:
