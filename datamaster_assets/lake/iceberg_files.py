@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.transforms import IdentityTransform
 
@@ -157,13 +158,22 @@ def _parquet_format_model() -> dict:
 
 def commit_replacement(table, files: list, delete_filter: BooleanExpression, properties: dict[str, str]) -> None:
     """One transaction: delete what ``delete_filter`` matches, add ``files``. Both snapshots carry
-    ``properties``."""
-    with table.transaction() as txn:
-        if table.current_snapshot() is not None:
+    ``properties``. Raises CommitFailedException when another writer's commit gets in the way.
+
+    pyiceberg 0.11 raises CommitFailedException as soon as the table changed since it was loaded.
+    0.12 retries the commit itself on top of the other writer's, after checking (serializable
+    isolation) that the other writer added or removed nothing ``delete_filter`` matches, and raises
+    ValidationException when it did: the same conflict, so it is raised as CommitFailedException."""
+    try:
+        with table.transaction() as txn:
             with warnings.catch_warnings():
-                # A partition new to the table has nothing to delete; expected, not a problem.
+                # A partition new to the table (or a table without data yet) has nothing to delete;
+                # expected, not a problem. The delete is still made: on 0.12 it is what validates
+                # the retry, and without it a first write would land on top of a concurrent one.
                 warnings.filterwarnings("ignore", message="Delete operation did not match any records")
                 txn.delete(delete_filter, snapshot_properties=properties)
-        with txn.update_snapshot(snapshot_properties=properties).fast_append() as append:
-            for data_file in files:
-                append.append_data_file(data_file)
+            with txn.update_snapshot(snapshot_properties=properties).fast_append() as append:
+                for data_file in files:
+                    append.append_data_file(data_file)
+    except ValidationException as exc:
+        raise CommitFailedException(f"another writer changed what this commit replaces: {exc}") from exc

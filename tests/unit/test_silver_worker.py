@@ -11,11 +11,11 @@ import pytest
 from pyiceberg.exceptions import CommitFailedException
 
 from datamaster_assets.contracts import get_contract
-from datamaster_assets.lake.catalog import build_catalog, read_table
+from datamaster_assets.lake.catalog import build_catalog, load_or_create_table, read_table
 from datamaster_assets.lake.factory import Lake, open_lake
 from datamaster_assets.lake.ledger import Registration, Status
 from datamaster_assets.settings import Settings
-from datamaster_assets.workers.silver import apply_pending_silver, commit_merge
+from datamaster_assets.workers.silver import apply_pending_silver, commit_merge, silver_schema
 from tests.benchmarks.silver_data import bronze_table
 
 BREWERY = get_contract("brewery")
@@ -218,6 +218,23 @@ def test_commit_conflict_is_retried_with_a_fresh_merge(lake: Lake):
     # Earlier metadata files: the create, our append, their overwrite; ours is the current one.
     assert len(table.metadata.metadata_log) == 3
     assert len(table.history()) == 5
+
+
+def test_first_writes_racing_on_an_empty_table_do_not_both_land(lake: Lake):
+    # pyiceberg 0.12 retries a conflicting commit itself: an append alone would be retried on top
+    # of the other writer's first write, storing both merges (every key twice).
+    load_or_create_table(lake.catalog, "silver.brewery", silver_schema(BREWERY), BREWERY.primary_key)
+    other_writer = build_catalog(lake.settings)
+    concurrent = bronze_table("brewery", [{"op": "insert", "t": 5, "brewery_id": 2, "brewery_name": "theirs"}])
+    ours = bronze_table("brewery", [{"op": "insert", "t": 6, "brewery_id": 1, "brewery_name": "ours"}])
+
+    racing = RacingCatalog(lake.catalog, lambda: commit_merge(other_writer, "silver.brewery", BREWERY, concurrent))
+    outcome, stored = commit_merge(racing, "silver.brewery", BREWERY, ours)
+
+    assert outcome.attempts == 2 and outcome.committed
+    final = read_table(lake, "silver", "brewery")
+    assert sorted((r["brewery_id"], r["brewery_name"]) for r in final.to_pylist()) == [(1, "ours"), (2, "theirs")]
+    assert stored.num_rows == 2
 
 
 def test_commit_conflicts_give_up_after_the_bounded_attempts(lake: Lake):
