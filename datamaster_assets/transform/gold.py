@@ -234,8 +234,8 @@ def _generate_marts(review_flat: pa.Table, months: set[Month] | None, specs: lis
             )
             source = "review_flat"
         for spec in specs:
-            # Contiguous first: Arrow's multi-key sort merges across chunks (DuckDB hands over
-            # ~120 k-row batches) at ~3x the cost of sorting one chunk.
+            # Contiguous first: Arrow's multi-key sort merges sorted chunks. Measured 0.27 s against
+            # 0.29 s for top_drinkers' 6 chunks at full size, 3x for a result in 2 k-row batches.
             rows = arrow_of(con.sql(spec.sql(source))).combine_chunks()
             # Sorting the result in Arrow: DuckDB's ORDER BY took 3x as long at full size (0.45 s
             # for top_drinkers' 0.7 M rows, as it carries the name columns through the sort).
