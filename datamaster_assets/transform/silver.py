@@ -202,10 +202,15 @@ def _nullable_rows(rows: np.ndarray) -> pa.Array:
     return pa.array(np.where(rows < 0, 0, rows), mask=rows < 0)
 
 
+def _is_int_key(schema: pa.Schema, key: tuple[str, ...]) -> bool:
+    """Tables with this key are kept sorted by it (module docstring)."""
+    return len(key) == 1 and pa.types.is_integer(schema.field(key[0]).type)
+
+
 def sorted_int_keys(table: pa.Table, key: tuple[str, ...]) -> np.ndarray | None:
     """The key values as numpy when ``key`` is one integer column without nulls, strictly
     ascending through ``table``; else None."""
-    if len(key) != 1 or not pa.types.is_integer(table.schema.field(key[0]).type):
+    if not _is_int_key(table.schema, key):
         return None
     column = table[key[0]]
     if column.null_count:
@@ -382,7 +387,7 @@ def _assemble(current: pa.Table, touched: np.ndarray, written: pa.Table, key: tu
     if sorted_keys is not None:
         written_keys = written[key[0]].to_numpy()
         if not current.num_rows and (written_keys.size < 2 or bool((written_keys[1:] > written_keys[:-1]).all())):
-            return written  # a first load already in key order: nothing to move
+            return _bounded_chunks(written)  # a first load already in key order: nothing to move
         kept_rows = np.flatnonzero(~touched)
         written_order = np.argsort(written_keys, kind="stable")
         # Where each written row lands among the kept ones, in key order.
@@ -396,7 +401,7 @@ def _assemble(current: pa.Table, touched: np.ndarray, written: pa.Table, key: tu
     kept = current.filter(pa.array(~touched)) if touched.any() else current
     parts = [t for t in (kept, written) if t.num_rows]
     table = _bounded_chunks(pa.concat_tables(parts)) if len(parts) > 1 else parts[0]
-    if len(key) == 1 and pa.types.is_integer(table.schema.field(key[0]).type) and sorted_int_keys(table, key) is None:
+    if _is_int_key(table.schema, key) and sorted_int_keys(table, key) is None:
         table = _bounded_chunks(table.take(pc.sort_indices(table[key[0]])))
     return table
 
