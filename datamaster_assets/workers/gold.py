@@ -39,6 +39,7 @@ from datamaster_assets.lake.factory import Lake
 from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
 from datamaster_assets.transform.gold import (
     GOLD_INPUT_COLUMNS,
+    MART_TABLE_PROPERTIES,
     PARTITION_COLUMNS,
     MartSpec,
     Month,
@@ -301,7 +302,8 @@ def _load_or_create_mart(lake: Lake, spec: MartSpec):
     ensure_namespace(lake.catalog, identifier.rsplit(".", 1)[0])
     schema = iceberg_schema(spec.schema)
     return lake.catalog.create_table_if_not_exists(
-        identifier, schema=schema, partition_spec=_mart_partition_spec(schema)
+        identifier, schema=schema, partition_spec=_mart_partition_spec(schema),
+        properties=dict(MART_TABLE_PROPERTIES),
     )
 
 

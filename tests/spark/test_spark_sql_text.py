@@ -56,6 +56,8 @@ def test_mart_overwrite_predicate_and_tables() -> None:
     ddl = gold_sql.create_mart_sql(MARTS["top_beers_by_rating"], iceberg_name("glue", "dm_gold", "top_beers_by_rating"))
     assert ddl.startswith("CREATE TABLE IF NOT EXISTS `glue`.`dm_gold`.`top_beers_by_rating` (`review_year` INT NOT NULL")
     assert "PARTITIONED BY (review_year, review_month)" in ddl
+    assert "'write.parquet.compression-codec' = 'snappy'" in ddl  # the same properties as the Arrow path
+    assert "'write.metadata.metrics.column.review_month' = 'full'" in ddl
 
 
 def test_job_arguments() -> None:

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from datamaster_assets.lake.catalog import table_identifier
@@ -87,6 +88,26 @@ def test_first_build_writes_everything(lake):
     reconciled = check_totals_reconcile(MARTS["top_beers_by_rating"], gold(lake, "top_beers_by_rating"),
                                         lake.catalog.load_table("silver.review_flat").scan().to_arrow())
     assert reconciled.passed
+
+
+def test_mart_files_are_snappy_with_bounds_only_on_partition_columns(lake):
+    build_and_refresh(lake, review_rows())
+    table = lake.catalog.load_table(table_identifier(lake.settings, "gold", "top_drinkers"))
+    assert table.properties["write.parquet.compression-codec"] == "snappy"
+    schema = table.schema()
+    partition_ids = {schema.find_field(name).field_id for name in ("review_year", "review_month")}
+    files = table.inspect.files().to_pylist()
+    assert files
+    for entry in files:
+        assert {k for k, _ in entry["lower_bounds"]} == partition_ids
+        assert {k for k, _ in entry["upper_bounds"]} == partition_ids
+        assert {k for k, _ in entry["value_counts"]} == {f.field_id for f in schema.fields}
+        local = entry["file_path"].removeprefix("file://")
+        assert {pq.ParquetFile(local).metadata.row_group(0).column(i).compression
+                for i in range(len(schema.fields))} == {"SNAPPY"}
+    # Partition pruning still works from the manifests alone.
+    rows = table.scan(row_filter="review_year = 2010 AND review_month = 2").to_arrow()
+    assert set(zip(rows["review_year"].to_pylist(), rows["review_month"].to_pylist())) == {(2010, 2)}
 
 
 def test_running_twice_changes_nothing(lake):
