@@ -114,7 +114,7 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
                 partition_spec=spec,
                 schema=table_schema,
             )
-        path = locations.new_data_location(data_file_name=f"00000-{task_id}-{write_uuid}.parquet", partition_key=key)
+        path = locations.new_data_location(data_file_name=_data_file_name(key, task_id, write_uuid))
         output = io.new_output(path)
         with output.create(overwrite=True) as stream:
             with pq.ParquetWriter(stream, schema=part.schema, store_decimal_as_integer=True,
@@ -142,6 +142,16 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
         return [write_one(0, *ranges[0])]
     with ThreadPoolExecutor(max_workers=min(len(ranges), (os.cpu_count() or 1) + 1)) as pool:
         return list(pool.map(write_one, range(len(ranges)), *zip(*ranges)))
+
+
+def _data_file_name(key, task_id: int, write_uuid: uuid.UUID) -> str:
+    """``review_year=2010-review_month=1-00000-3-<uuid>.parquet``: the partition goes into the file
+    name, not into a directory per partition. Iceberg takes partitions from the manifests, never
+    from paths, so readers do not care; on a local disk a new directory per month file cost a
+    mkdir and a slower first file (0.5 ms a file here, 0.4 s of system time for a full gold build);
+    on S3 a prefix is not a directory either way."""
+    name = f"00000-{task_id}-{write_uuid}.parquet"
+    return name if key is None else f"{key.to_path().replace('/', '-')}-{name}"
 
 
 def _parquet_format_model() -> dict:
