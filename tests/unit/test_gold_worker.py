@@ -103,6 +103,10 @@ def test_mart_files_are_snappy_with_bounds_only_on_partition_columns(lake):
         assert {k for k, _ in entry["upper_bounds"]} == partition_ids
         assert {k for k, _ in entry["value_counts"]} == {f.field_id for f in schema.fields}
         local = entry["file_path"].removeprefix("file://")
+        # The partition is in the file name; no directory per month.
+        year, month = entry["partition"]["review_year"], entry["partition"]["review_month"]
+        assert Path(local).parent.name == "data"
+        assert Path(local).name.startswith(f"review_year={year}-review_month={month}-")
         assert {pq.ParquetFile(local).metadata.row_group(0).column(i).compression
                 for i in range(len(schema.fields))} == {"SNAPPY"}
     # Partition pruning still works from the manifests alone.
