@@ -49,6 +49,10 @@ class Settings:
     reject_rate_threshold: float = 0.05
     # Silver/gold: above this many pending change rows, silver/gold go to Spark on EMR (aws only).
     emr_min_change_rows: int = 5_000_000
+    # Iceberg snapshot expiry (lake maintenance): snapshots older than this many days are expired,
+    # except the newest `snapshot_retain_last` of each table.
+    snapshot_max_age_days: int = 7
+    snapshot_retain_last: int = 5
 
     pii_key: str = LOCAL_DEV_PII_KEY
 
@@ -128,6 +132,8 @@ class Settings:
             bronze_batch_rows=_int(e, "DATAMASTER_BRONZE_BATCH_ROWS", 64 * 1024),
             reject_rate_threshold=float(e.get("DATAMASTER_REJECT_RATE_THRESHOLD", "0.05")),
             emr_min_change_rows=_int(e, "DATAMASTER_EMR_MIN_CHANGE_ROWS", 5_000_000),
+            snapshot_max_age_days=_int(e, "DATAMASTER_SNAPSHOT_MAX_AGE_DAYS", 7),
+            snapshot_retain_last=_int(e, "DATAMASTER_SNAPSHOT_RETAIN_LAST", 5),
             pii_key=pii_key,
             aws_region=e.get("AWS_REGION", e.get("AWS_DEFAULT_REGION", "us-east-1")),
             raw_bucket=e.get("DATAMASTER_RAW_BUCKET", "datamaster-raw"),

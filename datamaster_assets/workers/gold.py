@@ -37,6 +37,7 @@ from pyiceberg.transforms import IdentityTransform
 from datamaster_assets.lake.catalog import ensure_namespace, iceberg_schema, table_identifier
 from datamaster_assets.lake.factory import Lake
 from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
+from datamaster_assets.lake.maintenance import current_history
 from datamaster_assets.transform.gold import (
     GOLD_INPUT_COLUMNS,
     MART_TABLE_PROPERTIES,
@@ -282,6 +283,23 @@ def months_since(table, since_snapshot_id: int | None) -> set[Month] | None:
         parent = snapshot.parent_snapshot_id
         snapshot = table.snapshot_by_id(parent) if parent is not None else None
     return months if snapshot is not None else None
+
+
+def review_flat_history_in_use(lake: Lake) -> set[int]:
+    """The review_flat snapshots the marts' next refresh walks (``months_since``): the current one
+    back to the oldest snapshot a mart was built from. Snapshot expiry keeps them; without one of
+    them the next refresh would rebuild every month."""
+    flat_table = _load(lake, "silver", REVIEW_FLAT)
+    if flat_table is None or flat_table.current_snapshot() is None:
+        return set()
+    history = current_history(flat_table.metadata)
+    sources = set()
+    for spec in mart_specs():
+        mart_table = _load(lake, "gold", spec.name)
+        if mart_table is not None and (source := _source_snapshot_of(mart_table)) is not None:
+            sources.add(source)
+    depths = [history.index(s) for s in sources if s in history]
+    return set(history[: max(depths) + 1]) if depths else set()
 
 
 def _mart_partition_spec(schema) -> PartitionSpec:

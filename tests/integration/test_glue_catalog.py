@@ -91,3 +91,36 @@ def test_iceberg_table_round_trip_through_glue_and_s3(aws_settings: Settings):
     # The data files are really in the lake bucket.
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="dm-glue-lake", Prefix="warehouse/dm_silver.db/beer/data/")["Contents"]]
     assert len(keys) == 2 and all(k.endswith(".parquet") for k in keys)
+
+
+def test_snapshot_expiry_deletes_old_files_from_s3(aws_settings: Settings):
+    from datetime import datetime, timedelta, timezone
+
+    from pyiceberg.expressions import AlwaysTrue
+
+    from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
+    from datamaster_assets.lake.maintenance import RetentionPolicy, expire_table
+
+    bootstrap_aws(aws_settings)
+    catalog = build_catalog(aws_settings)
+    table = catalog.create_table("dm_silver.brewery", schema=pa.schema([("brewery_id", pa.int64()), ("v", pa.string())]))
+    for version in range(3):  # three copy-on-write rewrites
+        rows = pa.table({"brewery_id": pa.array([1, 2], pa.int64()), "v": pa.array([f"v{version}"] * 2)})
+        commit_replacement(table, write_data_files(table.metadata, table.io, rows), AlwaysTrue(), {})
+        table.refresh()
+
+    def data_keys() -> list[str]:
+        listed = boto3.client("s3").list_objects_v2(Bucket="dm-glue-lake", Prefix="warehouse/dm_silver.db/brewery/data/")
+        # (pyarrow's S3 filesystem leaves a "data/" marker when it deletes the last file below it)
+        return [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".parquet")]
+
+    assert len(data_keys()) == 3
+    result = expire_table(table, now=datetime.now(timezone.utc) + timedelta(days=1),
+                          policy=RetentionPolicy(max_age=timedelta(0), retain_last=1))
+    assert result.expired and not result.delete_failures
+    assert len(data_keys()) == 1
+    reread = catalog.load_table("dm_silver.brewery")
+    assert len(reread.metadata.snapshots) == 1
+    assert reread.scan().to_arrow().column("v").to_pylist() == ["v2", "v2"]
+    params = boto3.client("glue").get_table(DatabaseName="dm_silver", Name="brewery")["Table"]["Parameters"]
+    assert params["metadata_location"] == reread.metadata_location

@@ -1,0 +1,74 @@
+"""Lake maintenance entry point: expire old snapshots of every silver and gold Iceberg table.
+
+The retention comes from the settings (``DATAMASTER_SNAPSHOT_MAX_AGE_DAYS``,
+``DATAMASTER_SNAPSHOT_RETAIN_LAST``). silver.review_flat also keeps the history the gold marts'
+incremental refresh walks (``review_flat_history_in_use``). One table failing (a commit that
+lost a race) does not stop the others; it is reported and tried again on the next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+
+from datamaster_assets.contracts import table_names
+from datamaster_assets.lake.catalog import table_identifier
+from datamaster_assets.lake.factory import Lake
+from datamaster_assets.lake.maintenance import ExpiryResult, RetentionPolicy, expire_table
+from datamaster_assets.transform.gold import MARTS
+from datamaster_assets.workers.gold import REVIEW_FLAT, review_flat_history_in_use
+
+
+@dataclass
+class MaintenanceReport:
+    policy: RetentionPolicy
+    tables: dict[tuple[str, str], ExpiryResult] = field(default_factory=dict)  # (layer, name) ->
+    failures: dict[tuple[str, str], str] = field(default_factory=dict)  # (layer, name) -> why it was not maintained
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not any(r.delete_failures for r in self.tables.values())
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        return {
+            "tables": len(self.tables),
+            "snapshots_expired": sum(len(r.expired) for r in self.tables.values()),
+            "files_deleted": sum(r.files_deleted for r in self.tables.values()),
+            "bytes_deleted": sum(r.bytes_deleted for r in self.tables.values()),
+            "failures": len(self.failures) + sum(len(r.delete_failures) for r in self.tables.values()),
+        }
+
+
+def retention_policy(lake: Lake) -> RetentionPolicy:
+    return RetentionPolicy(max_age=timedelta(days=lake.settings.snapshot_max_age_days),
+                           retain_last=lake.settings.snapshot_retain_last)
+
+
+def lake_tables(lake: Lake) -> list[tuple[str, str]]:
+    """(layer, name) of every Iceberg table the lake writes."""
+    return ([("silver", name) for name in table_names()] + [("silver", REVIEW_FLAT)]
+            + [("gold", name) for name in MARTS])
+
+
+def maintain_lake(lake: Lake, *, now: datetime | None = None, policy: RetentionPolicy | None = None,
+                  dry_run: bool = False) -> MaintenanceReport:
+    """Expire old snapshots of every existing silver and gold table and delete the files only
+    they referenced. ``dry_run``: only report what would go."""
+    now = now or datetime.now(timezone.utc)
+    report = MaintenanceReport(policy or retention_policy(lake))
+    flat_in_use = review_flat_history_in_use(lake)
+    for layer, name in lake_tables(lake):
+        identifier = table_identifier(lake.settings, layer, name)
+        try:
+            table = lake.catalog.load_table(identifier)
+        except NoSuchTableError:
+            continue
+        keep = flat_in_use if (layer, name) == ("silver", REVIEW_FLAT) else set()
+        try:
+            report.tables[(layer, name)] = expire_table(table, now=now, policy=report.policy, keep=keep, dry_run=dry_run)
+        except CommitFailedException as exc:
+            report.failures[(layer, name)] = f"{identifier}: another writer committed first, nothing deleted: {exc}"
+    return report
