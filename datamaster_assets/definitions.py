@@ -7,6 +7,7 @@ import dagster as dg
 
 from datamaster_assets.defs import bronze, gold, raw, silver
 from datamaster_assets.defs.compute import compute_resources
+from datamaster_assets.defs.ops.maintenance import lake_maintenance_job, lake_maintenance_schedule
 from datamaster_assets.defs.ops.runner import PIPELINE_JOB
 from datamaster_assets.defs.resources import LakeResource
 from datamaster_assets.settings import Settings
@@ -29,9 +30,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=[*raw.raw_specs, *bronze.bronze_assets(settings.reject_rate_threshold), *silver.silver_assets,
                 gold.gold_marts],
         asset_checks=[*silver.silver_asset_checks, gold.gold_mart_checks],
-        jobs=[medallion_job, bronze.bronze_job, silver.silver_job, gold.gold_job],
+        jobs=[medallion_job, bronze.bronze_job, silver.silver_job, gold.gold_job, lake_maintenance_job],
         sensors=[raw.raw_landing_sensor, bronze.bronze_control_sensor, gold.gold_after_silver],
-        schedules=[silver.silver_daily_schedule],
+        schedules=[silver.silver_daily_schedule, lake_maintenance_schedule],
         resources={"lake": lake, **compute_resources(settings)},
     )
 

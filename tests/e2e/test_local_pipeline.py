@@ -204,3 +204,38 @@ def test_schedule_and_gold_after_silver_sensor(settings, defs):
     assert isinstance(request, dg.RunRequest)
     assert request.run_key == f"gold-after-{silver_run.run_id}"
     assert sensor.job_name == "gold_job"
+
+
+def test_lake_maintenance_job_expires_snapshots_and_keeps_every_table_readable(settings, defs, monkeypatch):
+    schedule = defs.get_schedule_def("lake_maintenance_weekly")
+    assert schedule.cron_schedule == "0 3 * * 0" and schedule.job_name == "lake_maintenance_job"
+
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=1000, changes=False, now=SEED_TIME)
+    assert run_pipeline(settings).ok
+    seed_raw(lake, reviews=1000, changes=True, now=SEED_TIME)  # the same extracts again, plus change files
+    assert run_pipeline(settings).ok
+    before = {name: read_table(lake, "silver", name).sort_by("review_id") for name in ("review", "review_flat")}
+    snapshots = len(lake.catalog.load_table("silver.review").metadata.snapshots)
+    assert snapshots > 1  # the load and the changes were separate commits
+
+    monkeypatch.setenv("DATAMASTER_SNAPSHOT_MAX_AGE_DAYS", "0")
+    monkeypatch.setenv("DATAMASTER_SNAPSHOT_RETAIN_LAST", "1")
+    instance = dg.DagsterInstance.get()
+    result = defs.resolve_job_def("lake_maintenance_job").execute_in_process(instance=instance)
+    assert result.success
+    observed = {
+        tuple(e.asset_observation_data.asset_observation.asset_key.path):
+            e.asset_observation_data.asset_observation.metadata
+        for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+    }
+    assert observed[("silver", "review")]["snapshots_expired"].value == snapshots - 1
+    assert observed[("silver", "review")]["files_deleted"].value > 0
+    assert len(lake.catalog.load_table("silver.review").metadata.snapshots) == 1
+    for name, table in before.items():
+        assert read_table(lake, "silver", name).sort_by("review_id").equals(table), name
+    # Gold's incremental bookkeeping survived: nothing to recompute, nothing rebuilt.
+    gold_run = defs.resolve_job_def("gold_job").execute_in_process(instance=instance)
+    statuses = {m.asset_key.path[-1]: m.metadata["status"].value
+                for m in (e.event_specific_data.materialization for e in gold_run.get_asset_materialization_events())}
+    assert set(statuses.values()) == {"up-to-date"}, statuses

@@ -1,0 +1,42 @@
+"""Lake maintenance: expire old Iceberg snapshots weekly (docs/maintenance.md).
+
+Each table's outcome is recorded as an observation of its asset (silver/<table>, gold/<mart>), so
+the asset's page shows when snapshots were expired and how many files went.
+"""
+
+import dagster as dg
+
+from datamaster_assets.defs.resources import LakeResource, dagster_metadata
+from datamaster_assets.workers.maintenance import maintain_lake
+
+
+@dg.op(description="Expire old snapshots of every silver and gold Iceberg table and delete the files only they used.")
+def expire_snapshots(context: dg.OpExecutionContext, lake: LakeResource) -> None:
+    report = maintain_lake(lake.open())
+    for (layer, name), result in report.tables.items():
+        context.log_event(dg.AssetObservation(asset_key=dg.AssetKey([layer, name]),
+                                              metadata=dagster_metadata(result.metadata)))
+        if result.expired:
+            context.log.info(f"{result.table}: {len(result.expired)} snapshot(s) expired, "
+                             f"{result.files_deleted} file(s) deleted ({result.bytes_deleted:,} bytes)")
+    problems = list(report.failures.values()) + [f for r in report.tables.values() for f in r.delete_failures]
+    if problems:
+        raise dg.Failure(description="lake maintenance left work undone:\n" + "\n".join(problems),
+                         metadata=dagster_metadata(report.metadata))
+
+
+@dg.job(description="Expire Iceberg snapshots older than DATAMASTER_SNAPSHOT_MAX_AGE_DAYS (default 7), "
+                    "keeping the newest DATAMASTER_SNAPSHOT_RETAIN_LAST (default 5) of each table.",
+        tags={"datamaster/layer": "maintenance"})
+def lake_maintenance_job():
+    expire_snapshots()
+
+
+lake_maintenance_schedule = dg.ScheduleDefinition(
+    name="lake_maintenance_weekly",
+    job=lake_maintenance_job,
+    cron_schedule="0 3 * * 0",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Expire old Iceberg snapshots every Sunday at 03:00 UTC.",
+)
