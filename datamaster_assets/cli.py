@@ -143,6 +143,39 @@ def run() -> None:
 
 
 @main.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be expired and deleted.")
+@click.option("--max-age-days", type=click.IntRange(min=0), default=None,
+              help="Expire snapshots older than this (default DATAMASTER_SNAPSHOT_MAX_AGE_DAYS, 7).")
+@click.option("--retain-last", type=click.IntRange(min=1), default=None,
+              help="Always keep this many newest snapshots per table (default DATAMASTER_SNAPSHOT_RETAIN_LAST, 5).")
+def maintain(dry_run: bool, max_age_days: int | None, retain_last: int | None) -> None:
+    """Expire old Iceberg snapshots of every silver and gold table; delete the files only they used."""
+    from datetime import timedelta
+
+    from datamaster_assets.lake.maintenance import RetentionPolicy
+    from datamaster_assets.workers.maintenance import maintain_lake, retention_policy
+
+    lake = _lake()
+    default = retention_policy(lake)
+    policy = RetentionPolicy(
+        max_age=default.max_age if max_age_days is None else timedelta(days=max_age_days),
+        retain_last=default.retain_last if retain_last is None else retain_last,
+    )
+    report = maintain_lake(lake, policy=policy, dry_run=dry_run)
+    verb = "would expire" if dry_run else "expired"
+    click.echo(f"retention: snapshots older than {policy.max_age.days} day(s), newest {policy.retain_last} kept")
+    for result in report.tables.values():
+        click.echo(f"  {result.table:<32} {result.snapshots_before:>4} snapshot(s), {verb} {len(result.expired):>4}, "
+                   f"files {result.files_deleted:>5} ({result.bytes_deleted / 1e6:,.1f} MB)")
+        for failure in result.delete_failures:
+            click.echo(f"    could not delete {failure}", err=True)
+    for reason in report.failures.values():
+        click.echo(f"  FAILED {reason}", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 def query(sql: str, fmt: str) -> None:

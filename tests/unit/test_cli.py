@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 from click.testing import CliRunner
 
@@ -56,3 +57,23 @@ def test_a_bad_environment_is_a_clear_error(dm_home, monkeypatch):
     monkeypatch.setenv("DATAMASTER_ENV", "azure")
     out = CliRunner().invoke(main, ["status"])
     assert out.exit_code != 0 and "DATAMASTER_ENV must be 'local' or 'aws'" in out.output
+
+
+def test_maintain_dry_run_then_expire(dm_home):
+    from tests.unit.gold_data import silver_set, write_silver
+
+    lake = open_lake(Settings.from_env())
+    for _ in range(3):
+        write_silver(lake, silver_set())  # three overwrites of each silver table
+    runner = CliRunner()
+    dry = runner.invoke(main, ["maintain", "--dry-run", "--max-age-days", "0", "--retain-last", "1"])
+    assert dry.exit_code == 0, dry.output
+    assert "newest 1 kept" in dry.output and "silver.review " in dry.output and "would expire" in dry.output
+    before = len(lake.catalog.load_table("silver.review").metadata.snapshots)
+    assert before > 1
+
+    done = runner.invoke(main, ["maintain", "--max-age-days", "0", "--retain-last", "1"])
+    assert done.exit_code == 0, done.output
+    assert re.search(rf"silver\.review +{before} snapshot\(s\), expired +{before - 1},", done.output), done.output
+    assert len(lake.catalog.load_table("silver.review").metadata.snapshots) == 1
+    assert runner.invoke(main, ["maintain", "--retain-last", "0"]).exit_code != 0
