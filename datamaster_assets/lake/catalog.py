@@ -83,6 +83,15 @@ def namespace_for(settings: Settings, layer: str) -> str:
     return settings.namespaces[layer]
 
 
+# Properties of every Iceberg table the lake creates (Arrow and Spark paths alike). pyiceberg
+# writes a new metadata.json per commit and keeps them all unless told otherwise; these keep the
+# newest 20 (snapshots themselves are expired by lake maintenance, docs/maintenance.md).
+LAKE_TABLE_PROPERTIES: dict[str, str] = {
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+}
+
+
 def table_identifier(settings: Settings, layer: str, name: str) -> str:
     """'<namespace>.<name>', e.g. 'silver.review' locally and 'dm_silver.review' on Glue."""
     return f"{namespace_for(settings, layer)}.{name}"
@@ -119,7 +128,7 @@ def load_or_create_table(
         pass
     ensure_namespace(catalog, identifier.rsplit(".", 1)[0])
     return catalog.create_table_if_not_exists(
-        identifier, schema=iceberg_schema(arrow_schema, key), properties=dict(properties or {})
+        identifier, schema=iceberg_schema(arrow_schema, key), properties={**LAKE_TABLE_PROPERTIES, **(properties or {})}
     )
 
 

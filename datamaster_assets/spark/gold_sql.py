@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 import pyarrow as pa
 
+from datamaster_assets.lake.catalog import LAKE_TABLE_PROPERTIES
 from datamaster_assets.spark.silver_sql import quote
 from datamaster_assets.transform.gold import MART_TABLE_PROPERTIES, PARTITION_COLUMNS, MartSpec, Month
 from datamaster_assets.transform.review_flat import REVIEW_FLAT_SCHEMA
@@ -119,7 +120,7 @@ def create_mart_sql(spec: MartSpec, table: str) -> str:
     partitions = ", ".join(PARTITION_COLUMNS)
     return (
         f"CREATE TABLE IF NOT EXISTS {table} ({table_ddl(spec.schema, PARTITION_COLUMNS)}) USING iceberg "
-        f"PARTITIONED BY ({partitions}) TBLPROPERTIES ({_properties_sql({'format-version': '2', **MART_TABLE_PROPERTIES})})"
+        f"PARTITIONED BY ({partitions}) TBLPROPERTIES ({_properties_sql({'format-version': '2', **LAKE_TABLE_PROPERTIES, **MART_TABLE_PROPERTIES})})"
     )
 
 
@@ -130,5 +131,5 @@ def _properties_sql(properties: dict[str, str]) -> str:
 def create_review_flat_sql(table: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {table} ({table_ddl(REVIEW_FLAT_SCHEMA, ('review_id',))}) USING iceberg "
-        "TBLPROPERTIES ('format-version' = '2')"
+        f"TBLPROPERTIES ({_properties_sql({'format-version': '2', **LAKE_TABLE_PROPERTIES})})"
     )

@@ -16,6 +16,7 @@ The same semantics as ``transform.silver.merge_changes`` (DESIGN section 6), in 
 from __future__ import annotations
 
 from datamaster_assets.contracts import CDC_OPERATIONS, Contract
+from datamaster_assets.lake.catalog import LAKE_TABLE_PROPERTIES
 
 # Spark SQL type per contract type (contracts.ARROW_TYPES keys).
 SPARK_TYPES = {
@@ -69,7 +70,8 @@ def create_table_sql(contract: Contract, table: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {table} (\n    {columns}\n) USING iceberg\n"
         "TBLPROPERTIES ('format-version' = '2', 'write.merge.mode' = 'copy-on-write', "
-        "'write.update.mode' = 'copy-on-write', 'write.delete.mode' = 'copy-on-write')"
+        "'write.update.mode' = 'copy-on-write', 'write.delete.mode' = 'copy-on-write', "
+        + ", ".join(f"'{k}' = '{v}'" for k, v in LAKE_TABLE_PROPERTIES.items()) + ")"
     )
 
 

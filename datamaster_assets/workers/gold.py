@@ -34,7 +34,7 @@ from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, I
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.transforms import IdentityTransform
 
-from datamaster_assets.lake.catalog import ensure_namespace, iceberg_schema, table_identifier
+from datamaster_assets.lake.catalog import LAKE_TABLE_PROPERTIES, ensure_namespace, iceberg_schema, table_identifier
 from datamaster_assets.lake.factory import Lake
 from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
 from datamaster_assets.lake.maintenance import current_history
@@ -208,7 +208,7 @@ def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatR
         if table is None:
             ensure_namespace(lake.catalog, identifier.rsplit(".", 1)[0])
             table = lake.catalog.create_table_if_not_exists(
-                identifier, schema=iceberg_schema(REVIEW_FLAT_SCHEMA, ("review_id",))
+                identifier, schema=iceberg_schema(REVIEW_FLAT_SCHEMA, ("review_id",)), properties=LAKE_TABLE_PROPERTIES
             )
         old = None
         if table.current_snapshot() is not None:
@@ -321,7 +321,7 @@ def _load_or_create_mart(lake: Lake, spec: MartSpec):
     schema = iceberg_schema(spec.schema)
     return lake.catalog.create_table_if_not_exists(
         identifier, schema=schema, partition_spec=_mart_partition_spec(schema),
-        properties=dict(MART_TABLE_PROPERTIES),
+        properties={**LAKE_TABLE_PROPERTIES, **MART_TABLE_PROPERTIES},
     )
 
 

@@ -190,3 +190,13 @@ def test_maintain_lake_keeps_the_review_flat_history_gold_still_needs(lake):
     result = refresh_gold(lake)
     assert {m.status for m in result.marts.values()} <= {"refreshed", "up-to-date"}  # incremental, no rebuild
     assert result.marts["top_beers_by_rating"].affected_months  # the changed review's month was recomputed
+
+
+def test_lake_tables_prune_their_old_metadata_files(lake):
+    table = load_or_create_table(lake.catalog, "silver.t", versions(1)[0].schema)
+    for rows in versions(25):
+        rewrite(table, rows)
+    metadata_dir = Path(table.location().removeprefix("file://")) / "metadata"
+    kept = list(metadata_dir.glob("*.metadata.json"))
+    assert len(kept) == 21  # the current one and the 20 before it (LAKE_TABLE_PROPERTIES)
+    assert lake.catalog.load_table("silver.t").scan().to_arrow().column("v").to_pylist() == ["v24"] * 3
