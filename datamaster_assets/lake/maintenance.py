@@ -124,16 +124,15 @@ def expire_table(table, *, now: datetime, policy: RetentionPolicy, keep: Iterabl
     """Expire ``table``'s snapshots as ``policy`` says (never those in ``keep``) and delete the files
     only they reached. ``dry_run``: report what would be expired and deleted, change nothing.
     Raises CommitFailedException when the metadata commit fails; nothing is deleted then."""
-    name = ".".join(table.name()) if hasattr(table, "name") else str(table)
     metadata = table.metadata
-    result = ExpiryResult(name, snapshots_before=len(metadata.snapshots), dry_run=dry_run)
+    result = ExpiryResult(".".join(table.name()), snapshots_before=len(metadata.snapshots), dry_run=dry_run)
     expired = snapshots_to_expire(metadata, now, policy, keep)
     if not expired:
         return result
     cache: dict = {}
     before = _reachable(table.io, metadata, [s.snapshot_id for s in metadata.snapshots], cache)
     if dry_run:
-        remaining = [s.snapshot_id for s in metadata.snapshots if s.snapshot_id not in set(expired)]
+        remaining = [s.snapshot_id for s in metadata.snapshots if s.snapshot_id not in expired]
         orphaned = set(before.sizes) - set(_reachable(table.io, metadata, remaining, cache).sizes)
         result.expired = expired
         result.files_deleted = len(orphaned)
