@@ -147,9 +147,10 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
 def _data_file_name(key, task_id: int, write_uuid: uuid.UUID) -> str:
     """``review_year=2010-review_month=1-00000-3-<uuid>.parquet``: the partition goes into the file
     name, not into a directory per partition. Iceberg takes partitions from the manifests, never
-    from paths, so readers do not care; on a local disk a new directory per month file cost a
-    mkdir and a slower first file (0.5 ms a file here, 0.4 s of system time for a full gold build);
-    on S3 a prefix is not a directory either way."""
+    from paths, so readers do not care. On a local disk a new directory per month file costs a
+    mkdir and a slower first file: 0.45 s of system time for 845 files in new directories against
+    0.04 s in one (micro-benchmark here), 0.1-0.25 s less in a full gold build. On S3 a prefix is
+    not a directory either way."""
     name = f"00000-{task_id}-{write_uuid}.parquet"
     return name if key is None else f"{key.to_path().replace('/', '-')}-{name}"
 

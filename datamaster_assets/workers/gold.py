@@ -208,7 +208,7 @@ def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatR
         if table is None:
             ensure_namespace(lake.catalog, identifier.rsplit(".", 1)[0])
             table = lake.catalog.create_table_if_not_exists(
-                identifier, schema=iceberg_schema(REVIEW_FLAT_SCHEMA, ("review_id",)), properties=LAKE_TABLE_PROPERTIES
+                identifier, schema=iceberg_schema(REVIEW_FLAT_SCHEMA, ("review_id",)), properties=dict(LAKE_TABLE_PROPERTIES)
             )
         old = None
         if table.current_snapshot() is not None:
