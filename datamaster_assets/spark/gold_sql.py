@@ -11,8 +11,7 @@ from typing import Iterable, Sequence
 
 import pyarrow as pa
 
-from datamaster_assets.lake.catalog import LAKE_TABLE_PROPERTIES
-from datamaster_assets.spark.silver_sql import quote
+from datamaster_assets.spark.silver_sql import quote, tblproperties_sql
 from datamaster_assets.transform.gold import MART_TABLE_PROPERTIES, PARTITION_COLUMNS, MartSpec, Month
 from datamaster_assets.transform.review_flat import REVIEW_FLAT_SCHEMA
 
@@ -120,16 +119,12 @@ def create_mart_sql(spec: MartSpec, table: str) -> str:
     partitions = ", ".join(PARTITION_COLUMNS)
     return (
         f"CREATE TABLE IF NOT EXISTS {table} ({table_ddl(spec.schema, PARTITION_COLUMNS)}) USING iceberg "
-        f"PARTITIONED BY ({partitions}) TBLPROPERTIES ({_properties_sql({'format-version': '2', **LAKE_TABLE_PROPERTIES, **MART_TABLE_PROPERTIES})})"
+        f"PARTITIONED BY ({partitions}) {tblproperties_sql(MART_TABLE_PROPERTIES)}"
     )
-
-
-def _properties_sql(properties: dict[str, str]) -> str:
-    return ", ".join(f"'{key}' = '{value}'" for key, value in properties.items())
 
 
 def create_review_flat_sql(table: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {table} ({table_ddl(REVIEW_FLAT_SCHEMA, ('review_id',))}) USING iceberg "
-        f"TBLPROPERTIES ({_properties_sql({'format-version': '2', **LAKE_TABLE_PROPERTIES})})"
+        + tblproperties_sql()
     )

@@ -15,6 +15,8 @@ The same semantics as ``transform.silver.merge_changes`` (DESIGN section 6), in 
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from datamaster_assets.contracts import CDC_OPERATIONS, Contract
 from datamaster_assets.lake.catalog import LAKE_TABLE_PROPERTIES
 
@@ -40,6 +42,13 @@ LINEAGE_TYPES = {
     "_source_line": "BIGINT",
 }
 OUTCOMES = ("stale_ignored", "superseded", "inserted", "updated", "revived", "deleted", "tombstoned", "unchanged")
+
+
+def tblproperties_sql(extra: Mapping[str, str] | None = None) -> str:
+    """TBLPROPERTIES of an Iceberg table the lake creates: format v2, ``LAKE_TABLE_PROPERTIES``
+    (as the Arrow path sets them), then the table's own ``extra``."""
+    properties = {"format-version": "2", **LAKE_TABLE_PROPERTIES, **(extra or {})}
+    return "TBLPROPERTIES (" + ", ".join(f"'{key}' = '{value}'" for key, value in properties.items()) + ")"
 
 
 def quote(name: str) -> str:
@@ -69,9 +78,7 @@ def create_table_sql(contract: Contract, table: str) -> str:
     )
     return (
         f"CREATE TABLE IF NOT EXISTS {table} (\n    {columns}\n) USING iceberg\n"
-        "TBLPROPERTIES ('format-version' = '2', 'write.merge.mode' = 'copy-on-write', "
-        "'write.update.mode' = 'copy-on-write', 'write.delete.mode' = 'copy-on-write', "
-        + ", ".join(f"'{k}' = '{v}'" for k, v in LAKE_TABLE_PROPERTIES.items()) + ")"
+        + tblproperties_sql({f"write.{op}.mode": "copy-on-write" for op in ("merge", "update", "delete")})
     )
 
 
