@@ -167,10 +167,8 @@ def maintain(dry_run: bool, max_age_days: int | None, retain_last: int | None) -
     for result in report.tables.values():
         click.echo(f"  {result.table:<32} {result.snapshots_before:>4} snapshot(s), {verb} {len(result.expired):>4}, "
                    f"files {result.files_deleted:>5} ({result.bytes_deleted / 1e6:,.1f} MB)")
-        for failure in result.delete_failures:
-            click.echo(f"    could not delete {failure}", err=True)
-    for reason in report.failures.values():
-        click.echo(f"  FAILED {reason}", err=True)
+    for problem in report.problems:
+        click.echo(f"  FAILED {problem}", err=True)
     if not report.ok:
         sys.exit(1)
 

@@ -28,8 +28,13 @@ class MaintenanceReport:
     failures: dict[tuple[str, str], str] = field(default_factory=dict)  # (layer, name) -> why it was not maintained
 
     @property
+    def problems(self) -> list[str]:
+        """Work left undone: tables not maintained, then files not deleted."""
+        return [*self.failures.values(), *(f"could not delete {f}" for r in self.tables.values() for f in r.delete_failures)]
+
+    @property
     def ok(self) -> bool:
-        return not self.failures and not any(r.delete_failures for r in self.tables.values())
+        return not self.problems
 
     @property
     def metadata(self) -> dict[str, object]:
@@ -38,7 +43,7 @@ class MaintenanceReport:
             "snapshots_expired": sum(len(r.expired) for r in self.tables.values()),
             "files_deleted": sum(r.files_deleted for r in self.tables.values()),
             "bytes_deleted": sum(r.bytes_deleted for r in self.tables.values()),
-            "failures": len(self.failures) + sum(len(r.delete_failures) for r in self.tables.values()),
+            "failures": len(self.problems),
         }
 
 

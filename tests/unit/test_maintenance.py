@@ -200,3 +200,26 @@ def test_lake_tables_prune_their_old_metadata_files(lake):
     kept = list(metadata_dir.glob("*.metadata.json"))
     assert len(kept) == 21  # the current one and the 20 before it (LAKE_TABLE_PROPERTIES)
     assert lake.catalog.load_table("silver.t").scan().to_arrow().column("v").to_pylist() == ["v24"] * 3
+
+
+def test_maintain_lake_reports_a_table_it_could_not_maintain_and_goes_on(lake, monkeypatch):
+    from pyiceberg.table.update.snapshot import ExpireSnapshots
+
+    for _ in range(2):
+        write_silver(lake, silver_set())
+    real_commit = ExpireSnapshots.commit
+    calls = []
+
+    def commit(self):  # the first table's expiry loses a race; the others go through
+        calls.append(1)
+        if len(calls) == 1:
+            raise CommitFailedException("another writer committed first")
+        return real_commit(self)
+
+    monkeypatch.setattr(ExpireSnapshots, "commit", commit)
+    report = maintain_lake(lake, now=LATER, policy=RetentionPolicy(timedelta(0), retain_last=1))
+    assert not report.ok and report.metadata["failures"] == 1
+    ((failed, reason),) = report.failures.items()
+    assert failed not in report.tables and "another writer committed first, nothing deleted" in reason
+    assert report.problems == [reason] and reason.startswith(f"silver.{failed[1]}: ")
+    assert len(calls) == 4 and all(r.expired for r in report.tables.values())  # the other three silver tables

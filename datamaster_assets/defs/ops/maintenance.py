@@ -19,9 +19,8 @@ def expire_snapshots(context: dg.OpExecutionContext, lake: LakeResource) -> None
         if result.expired:
             context.log.info(f"{result.table}: {len(result.expired)} snapshot(s) expired, "
                              f"{result.files_deleted} file(s) deleted ({result.bytes_deleted:,} bytes)")
-    problems = list(report.failures.values()) + [f for r in report.tables.values() for f in r.delete_failures]
-    if problems:
-        raise dg.Failure(description="lake maintenance left work undone:\n" + "\n".join(problems),
+    if not report.ok:
+        raise dg.Failure(description="lake maintenance left work undone:\n" + "\n".join(report.problems),
                          metadata=dagster_metadata(report.metadata))
 
 
