@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
+from urllib.parse import quote_plus
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -102,6 +103,7 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
     stats_columns = compute_statistics_plan(file_schema, properties)
     column_mapping = parquet_path_to_id_mapping(file_schema)
     locations = load_location_provider(table_location=table_metadata.location, table_properties=properties)
+    partition_types = [f.field_type for f in spec.partition_type(table_schema).fields]
     write_uuid = uuid.uuid4()
 
     def write_one(task_id: int, lo: int, hi: int):
@@ -114,7 +116,8 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
                 partition_spec=spec,
                 schema=table_schema,
             )
-        path = locations.new_data_location(data_file_name=_data_file_name(key, task_id, write_uuid))
+        partition_path = _partition_path(spec, partition_types, values) if key is not None else None
+        path = locations.new_data_location(data_file_name=_data_file_name(partition_path, task_id, write_uuid))
         output = io.new_output(path)
         with output.create(overwrite=True) as stream:
             with pq.ParquetWriter(stream, schema=part.schema, store_decimal_as_integer=True,
@@ -144,7 +147,17 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
         return list(pool.map(write_one, range(len(ranges)), *zip(*ranges)))
 
 
-def _data_file_name(key, task_id: int, write_uuid: uuid.UUID) -> str:
+def _partition_path(spec, partition_types: list, values: list) -> str:
+    """``review_year=2010/review_month=1``: what ``PartitionSpec.partition_to_path`` returns, with
+    the partition type worked out once per write instead of once per file (pyiceberg rebuilds it
+    on every call: ~0.15 ms of Python, or 0.13 s for the 845 files of a full gold build)."""
+    return "/".join(
+        f"{quote_plus(field.name, safe='')}={quote_plus(field.transform.to_human_string(type_, value), safe='')}"
+        for field, type_, value in zip(spec.fields, partition_types, values, strict=True)
+    )
+
+
+def _data_file_name(partition_path: str | None, task_id: int, write_uuid: uuid.UUID) -> str:
     """``review_year=2010-review_month=1-00000-3-<uuid>.parquet``: the partition goes into the file
     name, not into a directory per partition. Iceberg takes partitions from the manifests, never
     from paths, so readers do not care. On a local disk a new directory per month file costs a
@@ -152,7 +165,7 @@ def _data_file_name(key, task_id: int, write_uuid: uuid.UUID) -> str:
     0.04 s in one (micro-benchmark here), 0.1-0.25 s less in a full gold build. On S3 a prefix is
     not a directory either way."""
     name = f"00000-{task_id}-{write_uuid}.parquet"
-    return name if key is None else f"{key.to_path().replace('/', '-')}-{name}"
+    return name if partition_path is None else f"{partition_path.replace('/', '-')}-{name}"
 
 
 def _parquet_format_model() -> dict:

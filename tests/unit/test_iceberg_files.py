@@ -9,6 +9,7 @@ import pytest
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.typedef import Record
 from pyiceberg.types import IntegerType, NestedField, StringType
 
 from datamaster_assets.lake import iceberg_files
@@ -81,3 +82,18 @@ def test_small_files_skip_dictionary_encoding_and_big_ones_keep_it(tmp_path, mon
     assert any("DICTIONARY" in e for e in by_rows[30])
     assert not any("DICTIONARY" in e for e in by_rows[5])
     assert table.refresh().scan().to_arrow().num_rows == 35
+
+
+@pytest.mark.parametrize("values", [[2010, 1], [None, 12], [-1, 0]])
+def test_partition_path_matches_pyiceberg(values):
+    types = [f.field_type for f in BY_MONTH.partition_type(SCHEMA).fields]
+    expected = BY_MONTH.partition_to_path(Record(*values), SCHEMA)
+    assert iceberg_files._partition_path(BY_MONTH, types, values) == expected
+
+
+def test_partition_path_quotes_names_and_values_like_pyiceberg():
+    by_name = PartitionSpec(PartitionField(3, 1000, IdentityTransform(), "brewer name"))
+    types = [f.field_type for f in by_name.partition_type(SCHEMA).fields]
+    value = "Müller & Söhne/Bräu=1"
+    assert iceberg_files._partition_path(by_name, types, [value]) == by_name.partition_to_path(Record(value), SCHEMA)
+    assert "/" not in iceberg_files._partition_path(by_name, types, [value])
