@@ -183,6 +183,15 @@ MARTS: dict[str, MartSpec] = {
     )
 }
 
+# The order refresh_gold computes marts in: largest result first. Each mart's month files are
+# written while the next mart is computed, so the files of the last one are all that is left to
+# write once computing ends: that should be the smallest.
+COMPUTE_ORDER: tuple[str, ...] = (
+    "top_drinkers", "top_breweries_by_rating", "top_styles_by_popularity", "state_by_review_volume",
+    "top_beers_by_rating",
+)
+assert sorted(COMPUTE_ORDER) == sorted(MARTS), "COMPUTE_ORDER must list every mart once"
+
 # review_flat columns any mart reads: what the affected-month diff compares.
 GOLD_INPUT_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(c for spec in MARTS.values() for c in spec.inputs))
 

@@ -39,6 +39,7 @@ from datamaster_assets.lake.factory import Lake
 from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
 from datamaster_assets.lake.maintenance import current_history
 from datamaster_assets.transform.gold import (
+    COMPUTE_ORDER,
     GOLD_INPUT_COLUMNS,
     MART_TABLE_PROPERTIES,
     PARTITION_COLUMNS,
@@ -458,7 +459,7 @@ def _refresh_planned(
             try:
                 for group in by_months.values():
                     named = {plan.spec.name: plan for plan in group}
-                    for name, rows in iter_marts(flat_rows, group[0].months, list(named)):
+                    for name, rows in iter_marts(flat_rows, group[0].months, sorted(named, key=COMPUTE_ORDER.index)):
                         ready.put((named[name], rows, pool.submit(_write_mart_files, named[name], rows)))
             finally:
                 ready.put(None)
