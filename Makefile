@@ -12,7 +12,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -qq -e '.[dev]'
 	touch $@
 
+# Byte-compile the package: an editable install leaves that to the first import, and where
+# PYTHONDONTWRITEBYTECODE is set every process would compile all of it again (~0.1 s a start).
 install: $(BIN)/.installed
+	$(BIN)/python -m compileall -q datamaster_assets
 
 demo: install
 	$(BIN)/datamaster demo
