@@ -9,6 +9,7 @@ partition) both write through here.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 import warnings
@@ -22,6 +23,8 @@ import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.transforms import IdentityTransform
+
+log = logging.getLogger(__name__)
 
 # Below this many rows a file is written without dictionary encoding: for the gold marts' month
 # files (hundreds to thousands of rows) that is ~40 % less encoding CPU and smaller files (zstd
@@ -187,7 +190,11 @@ def commit_replacement(table, files: list, delete_filter: BooleanExpression, pro
     pyiceberg 0.11 raises CommitFailedException as soon as the table changed since it was loaded.
     0.12 retries the commit itself on top of the other writer's, after checking (serializable
     isolation) that the other writer added or removed nothing ``delete_filter`` matches, and raises
-    ValidationException when it did: the same conflict, so it is raised as CommitFailedException."""
+    ValidationException when it did: the same conflict, so it is raised as CommitFailedException.
+
+    A commit that certainly did not happen (those two exceptions) deletes ``files``: nothing refers
+    to them, and a caller that retries writes new ones. Any other error leaves them, since the
+    commit may have gone through; snapshot expiry never sees files no snapshot reached."""
     try:
         with table.transaction() as txn:
             with warnings.catch_warnings():
@@ -200,4 +207,23 @@ def commit_replacement(table, files: list, delete_filter: BooleanExpression, pro
                 for data_file in files:
                     append.append_data_file(data_file)
     except ValidationException as exc:
+        delete_uncommitted(table.io, files)
         raise CommitFailedException(f"another writer changed what this commit replaces: {exc}") from exc
+    except CommitFailedException:
+        delete_uncommitted(table.io, files)
+        raise
+
+
+def delete_uncommitted(io, files: list) -> list[str]:
+    """Delete data files that no commit refers to; returns the paths that would not delete (a
+    warning is logged for them: they are orphans, harmless to readers, only taking space)."""
+    failed = []
+    for data_file in files:
+        try:
+            io.delete(data_file.file_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failed.append(data_file.file_path)
+            log.warning("could not delete uncommitted data file %s: %s", data_file.file_path, exc)
+    return failed

@@ -310,3 +310,54 @@ def test_a_big_rewrite_is_split_into_key_ordered_files_and_replaces_them_all(lak
     assert ranges == [(1, 20), (21, 41)]  # stored sorted by key: each file holds one key range
     state = brewery_state(lake)
     assert len(state) == 41 and state[7] == ("x", False) and state[41] == ("y", False)
+
+
+def data_files_on_disk(lake: Lake, identifier: str) -> set[str]:
+    table = lake.catalog.load_table(identifier)
+    return {str(p) for p in Path(table.location().removeprefix("file://"), "data").rglob("*.parquet")}
+
+
+def data_files_referenced(lake: Lake, identifier: str) -> set[str]:
+    table = lake.catalog.load_table(identifier)
+    return {entry.data_file.file_path.removeprefix("file://")
+            for snapshot in table.snapshots() for manifest in snapshot.manifests(table.io)
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False)}
+
+
+def test_a_lost_commit_deletes_the_files_it_wrote(lake: Lake):
+    catalog = lake.catalog
+    commit_merge(catalog, "silver.brewery", BREWERY, bronze_table("brewery", [
+        {"op": "insert", "t": 1, "brewery_id": 1, "brewery_name": "A"}]))
+    other_writer = build_catalog(lake.settings)
+    concurrent = bronze_table("brewery", [{"op": "insert", "t": 5, "brewery_id": 2, "brewery_name": "theirs"}])
+    racing = RacingCatalog(catalog, lambda: commit_merge(other_writer, "silver.brewery", BREWERY, concurrent))
+    outcome, _ = commit_merge(racing, "silver.brewery", BREWERY, bronze_table("brewery", [
+        {"op": "update", "t": 6, "brewery_id": 1, "brewery_name": "ours"}]))
+
+    assert outcome.attempts == 2  # the first attempt's files were written, then its commit lost
+    on_disk = data_files_on_disk(lake, "silver.brewery")
+    assert len(on_disk) == 3  # our first write, theirs, our retry: no file of the lost attempt
+    assert on_disk == data_files_referenced(lake, "silver.brewery")
+
+
+def test_uncommitted_files_that_will_not_delete_are_reported(lake: Lake, caplog):
+    from types import SimpleNamespace
+
+    from datamaster_assets.lake.iceberg_files import delete_uncommitted
+
+    class StubbornIO:
+        def __init__(self):
+            self.deleted = []
+
+        def delete(self, path):
+            if path == "s3://bucket/b.parquet":
+                raise PermissionError("access denied")
+            if path == "s3://bucket/gone.parquet":
+                raise FileNotFoundError(path)
+            self.deleted.append(path)
+
+    io = StubbornIO()
+    files = [SimpleNamespace(file_path=f"s3://bucket/{n}.parquet") for n in ("a", "b", "gone", "c")]
+    assert delete_uncommitted(io, files) == ["s3://bucket/b.parquet"]
+    assert io.deleted == ["s3://bucket/a.parquet", "s3://bucket/c.parquet"]
+    assert "could not delete uncommitted data file s3://bucket/b.parquet: access denied" in caplog.text
