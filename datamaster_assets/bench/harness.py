@@ -108,6 +108,22 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+@dataclass
+class Run:
+    """A measurement's command, and what to do before and after each of its runs (untimed)."""
+
+    m: Measurement
+    argv: list[str]
+    before: Callable[[], None] | None = None
+    verify: Callable[[dict], dict[str, Any]] | None = None
+    result_path: Path | None = None
+    runs: int | None = None  # None: the benchmark's --runs
+    stopped: bool = False  # a slow reference, measured once
+
+    def finished(self, default_runs: int) -> bool:
+        return self.stopped or len(self.m.samples) >= (self.runs or default_runs)
+
+
 class Bench:
     """The state of one benchmark invocation: data set, work directory, snapshots, measurements."""
 
@@ -200,27 +216,39 @@ class Bench:
         runs: int | None = None,
     ) -> Measurement:
         """Run ``argv`` ``runs`` times (``before`` each run, ``verify`` after each, untimed)."""
-        self.measurements.append(m)
-        runs = runs or self.runs
-        label = m.name.replace(".", "-")
-        for i in range(runs):
-            if before is not None:
-                before()
-            if result_path is not None:
-                result_path.unlink(missing_ok=True)
-            sample = self.spawn(argv, label)
-            m.samples.append(sample)
-            result = json.loads(result_path.read_text()) if result_path is not None and result_path.exists() else {}
-            m.profile = {k: result[k] for k in ("in_process_ms", "profile_ms") if k in result}
-            if "review" in result and "worker_ms" in result["review"]:
-                m.profile["silver_worker_ms"] = result["review"]["worker_ms"]
-            if verify is not None:
-                m.checks = verify(result)
-            if m.kind != "system" and sample.wall_s > SLOW_REFERENCE_S and i + 1 < runs:
-                m.notes.append(f"measured once: one run takes {sample.wall_s:.0f} s (> {SLOW_REFERENCE_S:.0f} s)")
-                break
-        print(f"  {m.name:<34} median {summarise(m.samples).median_s:7.2f} s", flush=True)
+        self.measure_side_by_side([Run(m, argv, before, verify, result_path, runs)])
         return m
+
+    def measure_side_by_side(self, jobs: list[Run]) -> None:
+        """Measure several commands in rounds: one run of each per round, in alternating order
+        (A B C, then C B A, ...). A slow phase of the host then falls on every command of the round
+        rather than on all runs of one, so their ratios hold up better than their seconds."""
+        self.measurements.extend(job.m for job in jobs)
+        for round_ in range(max(job.runs or self.runs for job in jobs)):
+            for job in jobs if round_ % 2 == 0 else reversed(jobs):
+                if not job.finished(self.runs):
+                    self._run_once(job)
+        for job in jobs:
+            print(f"  {job.m.name:<34} median {summarise(job.m.samples).median_s:7.2f} s", flush=True)
+
+    def _run_once(self, job: Run) -> None:
+        m = job.m
+        if job.before is not None:
+            job.before()
+        if job.result_path is not None:
+            job.result_path.unlink(missing_ok=True)
+        sample = self.spawn(job.argv, m.name.replace(".", "-"))
+        m.samples.append(sample)
+        result_path = job.result_path
+        result = json.loads(result_path.read_text()) if result_path is not None and result_path.exists() else {}
+        m.profile = {k: result[k] for k in ("in_process_ms", "profile_ms") if k in result}
+        if "review" in result and "worker_ms" in result["review"]:
+            m.profile["silver_worker_ms"] = result["review"]["worker_ms"]
+        if job.verify is not None:
+            m.checks = job.verify(result)
+        if m.kind != "system" and sample.wall_s > SLOW_REFERENCE_S and not job.finished(self.runs):
+            m.notes.append(f"measured once: one run takes {sample.wall_s:.0f} s (> {SLOW_REFERENCE_S:.0f} s)")
+            job.stopped = True
 
     def skip(self, m: Measurement, reason: str) -> None:
         m.skipped = reason
@@ -283,39 +311,42 @@ def _bronze_file(bench: Bench, name: str, source: Path, expected_key: str, fmt: 
     m = Measurement(f"bronze_{name}", "bronze", "system",
                     f"real bronze worker: {source.name} -> Parquet (typing, validation, masking, lineage, rejects)",
                     rows=expected["rows"])
+    system = Run(m, _stage_argv("bronze", "--home", bench.lake_dir, "--result", result_path),
+                 before=lambda: bench.restore(snap), verify=verify, result_path=result_path)
     if name == "csv_x10":
         m.description = f"real bronze worker on the CSV repeated 10x ({expected['rows']:,} rows): memory must stay flat"
         m.notes.append("measured once: it only checks that peak memory does not grow with the file")
-    bench.measure(m, _stage_argv("bronze", "--home", bench.lake_dir, "--result", result_path),
-                  before=lambda: bench.restore(snap), verify=verify, result_path=result_path,
-                  runs=1 if name == "csv_x10" else None)
-    if name == "jsonl":
-        bench.snapshot("silver-initial-input")  # the last run's lake: bronze done, silver pending
-    if name == "csv_x10":
+        system.runs = 1
+        bench.measure_side_by_side([system])
         return
 
-    floor = Measurement(f"bronze_{name}.floor_gzip", "bronze", "floor", f"gzip -dc {source.name} > /dev/null",
-                        rows=expected["rows"])
-    bench.measure(floor, ["gzip", "-dc", str(source)])
+    jobs = [system, Run(Measurement(f"bronze_{name}.floor_gzip", "bronze", "floor", f"gzip -dc {source.name} > /dev/null",
+                                    rows=expected["rows"]), ["gzip", "-dc", str(source)])]
+    skipped: list[Measurement] = []
     for tool in ("pyarrow", "duckdb", "spark"):
-        m = Measurement(f"bronze_{name}.ref_{tool}", "bronze", "reference",
-                        {"pyarrow": f"pyarrow read_{fmt} + write_table (zstd)",
-                         "duckdb": f"DuckDB COPY (FROM read_{fmt}) TO parquet (zstd)",
-                         "spark": f"pyspark {ref.SPARK_MASTER}: read.{fmt} with schema -> parquet (zstd)"}[tool],
-                        rows=expected["rows"])
+        ref_m = Measurement(f"bronze_{name}.ref_{tool}", "bronze", "reference",
+                            {"pyarrow": f"pyarrow read_{fmt} + write_table (zstd)",
+                             "duckdb": f"DuckDB COPY (FROM read_{fmt}) TO parquet (zstd)",
+                             "spark": f"pyspark {ref.SPARK_MASTER}: read.{fmt} with schema -> parquet (zstd)"}[tool],
+                            rows=expected["rows"])
         if tool == "spark" and not bench.spark:
-            bench.skip(m, bench.spark_note)
+            skipped.append(ref_m)
             continue
-        output = bench.outputs / f"{m.name}.parquet"
+        output = bench.outputs / f"{ref_m.name}.parquet"
+        ref_result = bench.workdir / f"result-{tool}.json"
 
-        def verify_rows(result: dict, output=output) -> dict[str, Any]:
+        def verify_rows(result: dict) -> dict[str, Any]:
             checks: dict[str, Any] = {}
             bench.expect(checks, "rows", result["rows"], expected["rows"])
             return checks
 
-        bench.measure(m, _stage_argv(f"ref-{tool}-{fmt}", "--input", source, "--output", output,
-                                     "--result", result_path),
-                      verify=verify_rows, result_path=result_path)
+        jobs.append(Run(ref_m, _stage_argv(f"ref-{tool}-{fmt}", "--input", source, "--output", output,
+                                           "--result", ref_result), verify=verify_rows, result_path=ref_result))
+    bench.measure_side_by_side(jobs)
+    for ref_m in skipped:
+        bench.skip(ref_m, bench.spark_note)
+    if name == "jsonl":
+        bench.snapshot("silver-initial-input")  # the last system run's lake (references leave it alone)
 
 
 def stage_bronze(bench: Bench) -> None:
@@ -362,9 +393,6 @@ def stage_silver(bench: Bench) -> None:
     initial = Measurement("silver_initial", "silver", "system",
                           f"real silver worker: initial load of {base['rows']:,} reviews into silver.review",
                           rows=base["rows"])
-    bench.measure(initial, _stage_argv("silver", "--home", bench.lake_dir, "--result", result_path),
-                  before=lambda: bench.restore("silver-initial-input"),
-                  verify=verify_silver(base, {"inserted": base["rows"], "stale_ignored": 0}), result_path=result_path)
     append = Measurement("silver_initial.ref_iceberg_append", "silver", "reference",
                          "pyiceberg create_table + Table.append of the same bronze rows (unpartitioned)",
                          rows=base["rows"])
@@ -375,8 +403,14 @@ def stage_silver(bench: Bench) -> None:
         bench.expect(checks, "rows", result["rows"], base["rows"])
         return checks
 
-    bench.measure(append, _stage_argv("ref-iceberg-append", "--home", append_home, "--input", load_input,
-                                      "--result", result_path), verify=verify_append, result_path=result_path)
+    append_result = bench.workdir / "result-append.json"
+    bench.measure_side_by_side([
+        Run(initial, _stage_argv("silver", "--home", bench.lake_dir, "--result", result_path),
+            before=lambda: bench.restore("silver-initial-input"),
+            verify=verify_silver(base, {"inserted": base["rows"], "stale_ignored": 0}), result_path=result_path),
+        Run(append, _stage_argv("ref-iceberg-append", "--home", append_home, "--input", load_input,
+                                "--result", append_result), verify=verify_append, result_path=append_result),
+    ])
 
     # The lake after the last initial load, plus the change file through the real bronze worker.
     bench.land("review", ds.changes)
@@ -390,11 +424,6 @@ def stage_silver(bench: Bench) -> None:
     merge = Measurement("silver_merge", "silver", "system",
                         f"real silver worker: merge {ds.updates:,} updates + {ds.inserts:,} inserts into "
                         f"{base['rows']:,} rows (copy-on-write, one Iceberg commit)", rows=ds.updates + ds.inserts)
-    bench.measure(merge, _stage_argv("silver", "--home", bench.lake_dir, "--result", result_path),
-                  before=lambda: bench.restore("silver-merge-input"),
-                  verify=verify_silver(merged, {"updated": ds.updates, "inserted": ds.inserts, "stale_ignored": 0}),
-                  result_path=result_path)
-
     upsert = Measurement("silver_merge.ref_iceberg_upsert", "silver", "reference",
                          "pyiceberg Table.upsert(join_cols=['review_id']) of the same changes into the same table",
                          rows=ds.updates + ds.inserts)
@@ -406,9 +435,16 @@ def stage_silver(bench: Bench) -> None:
         bench.expect(checks, "silver_rows", bench.silver_table("review").num_rows, merged["rows"])
         return checks
 
-    bench.measure(upsert, _stage_argv("ref-iceberg-upsert", "--home", bench.lake_dir, "--input", upsert_rows,
-                                      "--result", result_path),
-                  before=lambda: bench.restore("silver-merge-input"), verify=verify_upsert, result_path=result_path)
+    # Both restore the same 1.59 M-row table before each run.
+    bench.measure_side_by_side([
+        Run(merge, _stage_argv("silver", "--home", bench.lake_dir, "--result", result_path),
+            before=lambda: bench.restore("silver-merge-input"),
+            verify=verify_silver(merged, {"updated": ds.updates, "inserted": ds.inserts, "stale_ignored": 0}),
+            result_path=result_path),
+        Run(upsert, _stage_argv("ref-iceberg-upsert", "--home", bench.lake_dir, "--input", upsert_rows,
+                                "--result", result_path),
+            before=lambda: bench.restore("silver-merge-input"), verify=verify_upsert, result_path=result_path),
+    ])
 
 
 def _ensure_landed(bench: Bench) -> None:
@@ -477,18 +513,20 @@ def stage_gold(bench: Bench) -> None:
 
     gold = Measurement("gold", "gold", "system",
                        "real gold workers: build silver.review_flat + refresh the 5 gold marts (Iceberg)", rows=rows)
-    bench.measure(gold, _stage_argv("gold", "--home", bench.lake_dir, "--result", result_path),
-                  before=lambda: bench.restore("gold-input"), verify=verify, result_path=result_path)
+    jobs = [Run(gold, _stage_argv("gold", "--home", bench.lake_dir, "--result", result_path),
+                before=lambda: bench.restore("gold-input"), verify=verify, result_path=result_path)]
+    skipped: list[Measurement] = []
     for tool in ("duckdb", "spark"):
         m = Measurement(f"gold.ref_{tool}", "gold", "reference",
                         {"duckdb": "DuckDB SQL over the silver Parquet: review_flat + 5 marts -> Parquet",
                          "spark": f"pyspark {ref.SPARK_MASTER}: the same SQL -> Parquet"}[tool], rows=rows)
         if tool == "spark" and not bench.spark:
-            bench.skip(m, bench.spark_note)
+            skipped.append(m)
             continue
         output = bench.outputs / f"gold-{tool}"
+        ref_result = bench.workdir / f"result-{tool}.json"
 
-        def verify_ref(result: dict, output=output) -> dict[str, Any]:
+        def verify_ref(result: dict, output=output, tool=tool) -> dict[str, Any]:
             checks: dict[str, Any] = {}
             bench.expect(checks, "review_flat_rows", result["rows"]["review_flat"], rows)
             for name, columns in ref.MART_CHECK_COLUMNS.items():
@@ -497,8 +535,11 @@ def stage_gold(bench: Bench) -> None:
                 bench.expect(checks, f"{name}_checksum", got, expected[name])
             return checks
 
-        bench.measure(m, _stage_argv(f"ref-{tool}-gold", "--input", export, "--output", output, "--result",
-                                     result_path), verify=verify_ref, result_path=result_path)
+        jobs.append(Run(m, _stage_argv(f"ref-{tool}-gold", "--input", export, "--output", output, "--result",
+                                       ref_result), verify=verify_ref, result_path=ref_result))
+    bench.measure_side_by_side(jobs)
+    for m in skipped:
+        bench.skip(m, bench.spark_note)
 
 
 def stage_e2e(bench: Bench) -> None:
