@@ -19,6 +19,7 @@ from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.io.pyarrow import pyarrow_to_schema
 from pyiceberg.schema import Schema
 from pyiceberg.table.name_mapping import MappedField, NameMapping
+from pyiceberg.types import DoubleType, FloatType, IntegerType, LongType, NestedField
 
 from datamaster_assets.settings import Settings
 
@@ -130,6 +131,61 @@ def load_or_create_table(
     return catalog.create_table_if_not_exists(
         identifier, schema=iceberg_schema(arrow_schema, key), properties={**LAKE_TABLE_PROPERTIES, **(properties or {})}
     )
+
+
+class SchemaConflict(ValueError):
+    """A table's columns cannot become the wanted ones by adding columns or widening types."""
+
+
+# Iceberg's type promotions that keep every stored value (the spec's allowed widenings).
+_PROMOTIONS = {(IntegerType(), LongType()), (FloatType(), DoubleType())}
+
+
+def schema_changes(current: Schema, wanted: Schema) -> tuple[list[NestedField], list[NestedField]]:
+    """What storing ``wanted`` rows in a table of schema ``current`` takes: the columns to add and
+    the columns to widen (int to long, float to double). Raises SchemaConflict naming every column
+    that neither can reconcile: a column the table has and ``wanted`` lacks (dropping it would lose
+    its data), another type change, or a new required column (stored rows have no value for it)."""
+    problems: list[str] = []
+    wanted_names = {f.name for f in wanted.fields}
+    problems += [f"column {f.name!r} is in the table but not wanted (dropping it would lose its data)"
+                 for f in current.fields if f.name not in wanted_names]
+    stored = {f.name: f for f in current.fields}
+    added, widened = [], []
+    for field in wanted.fields:
+        have = stored.get(field.name)
+        if have is None and field.required:
+            problems.append(f"new column {field.name!r} is required, but the stored rows have no value for it")
+        elif have is None:
+            added.append(field)
+        elif have.field_type == field.field_type:
+            continue
+        elif (have.field_type, field.field_type) in _PROMOTIONS:
+            widened.append(field)
+        else:
+            problems.append(f"column {field.name!r} is {have.field_type} in the table, {field.field_type} wanted")
+    if problems:
+        raise SchemaConflict("; ".join(problems))
+    return added, widened
+
+
+def evolve_schema(table: "Table", identifier: str, arrow_schema: pa.Schema, key: tuple[str, ...] = ()) -> list[str]:
+    """Bring the table's schema to ``arrow_schema`` by adding columns (nullable: stored rows read
+    them as null) and widening types, in one schema commit; returns the columns changed (none: no
+    commit). Raises SchemaConflict (with the table's name) for anything else, and
+    CommitFailedException when another writer changed the table meanwhile."""
+    try:
+        added, widened = schema_changes(table.schema(), iceberg_schema(arrow_schema, key))
+    except SchemaConflict as exc:
+        raise SchemaConflict(f"{identifier}: {exc}") from None
+    if not added and not widened:
+        return []
+    with table.update_schema() as update:
+        for field in added:
+            update.add_column(field.name, field.field_type, required=False)
+        for field in widened:
+            update.update_column(field.name, field_type=field.field_type)
+    return [f.name for f in added + widened]
 
 
 def read_iceberg_table(catalog: Catalog, identifier: str) -> pa.Table | None:

@@ -109,8 +109,7 @@ def validate_changes(changes: pa.Table, contract: Contract) -> list[str]:
 
     Messages name the field and the first offending ``_source_line``.
     """
-    required = change_schema(contract).names
-    missing = [c for c in required if c not in changes.column_names]
+    missing = [c for c in change_schema(contract).names if c not in changes.column_names and c not in _addable(contract)]
     if missing:
         return [f"missing columns {missing}"]
     problems = []
@@ -133,9 +132,19 @@ def _first_line(changes: pa.Table, mask: pa.ChunkedArray) -> int | None:
     return lines[0].as_py() if len(lines) else None
 
 
+def _addable(contract: Contract) -> list[str]:
+    """Contract columns a bronze file may lack: written before the column joined the contract, its
+    changes carry null there (like a column DMS omits). Keys and lineage never."""
+    return [c for c in contract.column_names if c not in contract.primary_key]
+
+
 def conform_changes(changes: pa.Table, contract: Contract) -> pa.Table:
-    """Select and cast to ``change_schema`` (fails with pyarrow's message if a type cannot cast)."""
+    """Select and cast to ``change_schema`` (fails with pyarrow's message if a type cannot cast);
+    a non-key contract column the file lacks comes back as nulls."""
     schema = change_schema(contract)
+    for name in _addable(contract):
+        if name not in changes.column_names:
+            changes = changes.append_column(schema.field(name), pa.nulls(changes.num_rows, schema.field(name).type))
     return changes.select(schema.names).cast(schema)
 
 

@@ -24,7 +24,7 @@ from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue
 
 from datamaster_assets.contracts import Contract, get_contract
-from datamaster_assets.lake.catalog import load_or_create_table, read_table, table_identifier
+from datamaster_assets.lake.catalog import evolve_schema, load_or_create_table, read_table, table_identifier
 from datamaster_assets.lake.factory import Lake
 from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
 from datamaster_assets.lake.ledger import Layer, LedgerItem, LeaseLost
@@ -127,6 +127,18 @@ def read_bronze_file(store: ObjectStore, key: str, contract: Contract) -> pa.Tab
         raise BadBronzeFile(f"bronze file {key}: columns do not match the {contract.name} contract: {exc}") from exc
 
 
+def prepare_silver_table(catalog: Catalog, identifier: str, contract: Contract):
+    """The silver table, created from the contract on first use, with the columns a contract
+    change added (stored rows read them as null) or widened. Raises SchemaConflict for a change
+    that adding columns cannot express (docs/silver.md, "Schema changes")."""
+    table = load_or_create_table(catalog, identifier, silver_schema(contract), contract.primary_key)
+    changed = evolve_schema(table, identifier, silver_schema(contract), contract.primary_key)
+    if changed:
+        log.info("%s: schema follows the %s contract, columns added or widened: %s", identifier, contract.name,
+                 ", ".join(changed))
+    return table
+
+
 def commit_merge(
     catalog: Catalog, identifier: str, contract: Contract, changes: pa.Table, *, attempts: int = COMMIT_ATTEMPTS
 ) -> tuple[CommitOutcome, pa.Table]:
@@ -134,20 +146,19 @@ def commit_merge(
 
     On a commit conflict (another writer committed since we loaded the table) reload, re-merge
     and recommit, at most ``attempts`` times. Returns the outcome and the table as now stored.
+    The table's schema first follows the contract (``prepare_silver_table``).
     """
-    schema = silver_schema(contract)
     for attempt in range(1, attempts + 1):
-        table = load_or_create_table(catalog, identifier, schema, contract.primary_key)
-        current = table.scan().to_arrow() if table.current_snapshot() is not None else None
-        merged = merge_changes(current, changes, contract)
-        if not merged.changed:
-            snapshot = table.current_snapshot()
-            stored = merged.table
-            return CommitOutcome(merged, snapshot.snapshot_id if snapshot else None, False, attempt), stored
         try:
+            table = prepare_silver_table(catalog, identifier, contract)
+            current = table.scan().to_arrow() if table.current_snapshot() is not None else None
+            merged = merge_changes(current, changes, contract)
+            if not merged.changed:
+                snapshot = table.current_snapshot()
+                return CommitOutcome(merged, snapshot.snapshot_id if snapshot else None, False, attempt), merged.table
             # Copy-on-write: the new table replaces every data file, in one transaction.
             commit_replacement(table, write_data_files(table.metadata, table.io, merged.table), AlwaysTrue(), {})
-        except CommitFailedException as exc:
+        except CommitFailedException as exc:  # another writer committed (data or schema) since the load
             if attempt == attempts:
                 raise
             log.warning("commit to %s conflicted (attempt %d/%d), retrying: %s", identifier, attempt, attempts, exc)
@@ -263,6 +274,8 @@ def apply_pending_silver_remotely(
     manifest_key = f"_manifests/silver-{table}-{claimed[0].control_id}-{len(claimed)}.txt"
     lake.store.put_bytes(manifest_key, "".join(lake.store.uri(i.object_key) + "\n" for i in claimed).encode())
     try:
+        # The job's MERGE INTO needs the columns a contract change added: same schema step as in-process.
+        prepare_silver_table(lake.catalog, identifier, get_contract(table))
         reported = run_merge(lake.store.uri(manifest_key))
     except Exception as exc:
         for item in claimed:
