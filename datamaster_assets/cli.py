@@ -148,8 +148,11 @@ def run() -> None:
               help="Expire snapshots older than this (default DATAMASTER_SNAPSHOT_MAX_AGE_DAYS, 7).")
 @click.option("--retain-last", type=click.IntRange(min=1), default=None,
               help="Always keep this many newest snapshots per table (default DATAMASTER_SNAPSHOT_RETAIN_LAST, 5).")
-def maintain(dry_run: bool, max_age_days: int | None, retain_last: int | None) -> None:
-    """Expire old Iceberg snapshots of every silver and gold table; delete the files only they used."""
+@click.option("--orphan-min-age-days", type=click.IntRange(min=1), default=None,
+              help="Delete unreferenced files once this old (default DATAMASTER_ORPHAN_MIN_AGE_DAYS, 3).")
+def maintain(dry_run: bool, max_age_days: int | None, retain_last: int | None, orphan_min_age_days: int | None) -> None:
+    """Expire old Iceberg snapshots of every silver and gold table; delete the files only they used
+    and the files no metadata refers to (orphans of writers that died before committing)."""
     from datetime import timedelta
 
     from datamaster_assets.lake.maintenance import RetentionPolicy
@@ -160,13 +163,18 @@ def maintain(dry_run: bool, max_age_days: int | None, retain_last: int | None) -
     policy = RetentionPolicy(
         max_age=default.max_age if max_age_days is None else timedelta(days=max_age_days),
         retain_last=default.retain_last if retain_last is None else retain_last,
+        orphan_min_age=default.orphan_min_age if orphan_min_age_days is None else timedelta(days=orphan_min_age_days),
     )
     report = maintain_lake(lake, policy=policy, dry_run=dry_run)
-    verb = "would expire" if dry_run else "expired"
-    click.echo(f"retention: snapshots older than {policy.max_age.days} day(s), newest {policy.retain_last} kept")
-    for result in report.tables.values():
+    verb, gone = ("would expire", "would delete") if dry_run else ("expired", "deleted")
+    click.echo(f"retention: snapshots older than {policy.max_age.days} day(s), newest {policy.retain_last} kept; "
+               f"orphan files older than {policy.orphan_min_age.days} day(s) deleted")
+    for key, result in report.tables.items():
+        orphans = report.orphans.get(key)
+        orphan_text = (f"; orphans {gone} {orphans.files_deleted} ({orphans.bytes_deleted / 1e6:,.1f} MB)"
+                       if orphans is not None else "")
         click.echo(f"  {result.table:<32} {result.snapshots_before:>4} snapshot(s), {verb} {len(result.expired):>4}, "
-                   f"files {result.files_deleted:>5} ({result.bytes_deleted / 1e6:,.1f} MB)")
+                   f"files {result.files_deleted:>5} ({result.bytes_deleted / 1e6:,.1f} MB){orphan_text}")
     for problem in report.problems:
         click.echo(f"  FAILED {problem}", err=True)
     if not report.ok:

@@ -53,6 +53,8 @@ class Settings:
     # except the newest `snapshot_retain_last` of each table.
     snapshot_max_age_days: int = 7
     snapshot_retain_last: int = 5
+    # Files under a table's location that no metadata refers to are deleted once this old.
+    orphan_min_age_days: int = 3
 
     pii_key: str = LOCAL_DEV_PII_KEY
 
@@ -134,6 +136,7 @@ class Settings:
             emr_min_change_rows=_int(e, "DATAMASTER_EMR_MIN_CHANGE_ROWS", 5_000_000),
             snapshot_max_age_days=_int(e, "DATAMASTER_SNAPSHOT_MAX_AGE_DAYS", 7),
             snapshot_retain_last=_int(e, "DATAMASTER_SNAPSHOT_RETAIN_LAST", 5),
+            orphan_min_age_days=_int(e, "DATAMASTER_ORPHAN_MIN_AGE_DAYS", 3),
             pii_key=pii_key,
             aws_region=e.get("AWS_REGION", e.get("AWS_DEFAULT_REGION", "us-east-1")),
             raw_bucket=e.get("DATAMASTER_RAW_BUCKET", "datamaster-raw"),

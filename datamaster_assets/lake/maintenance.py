@@ -17,6 +17,12 @@ silver.review keeps one more full copy of the table every day, for ever.
 A failed commit deletes nothing. A file that cannot be deleted is reported and left; a file
 already gone (an earlier run interrupted after its commit) is not an error. Readers still
 scanning an expired snapshot could lose files under them: that is what the age limit is for.
+
+``remove_orphan_files`` (Spark's ``remove_orphan_files`` procedure) deletes what expiry never
+sees: files under the table's location that no metadata refers to, left by a writer that died
+between writing and committing. It lists the location first and reads the metadata after, so a
+file committed meanwhile counts as referenced; a file written but not committed yet is protected
+by the age limit (``RetentionPolicy.orphan_min_age``, 3 days like Spark's default).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterable
 
+from pyarrow.fs import FileSelector, FileType
 from pyiceberg.table.refs import SnapshotRefType
 
 
@@ -32,12 +39,15 @@ from pyiceberg.table.refs import SnapshotRefType
 class RetentionPolicy:
     max_age: timedelta = timedelta(days=7)  # snapshots younger than this are kept
     retain_last: int = 5  # the newest snapshots of the current history kept whatever their age
+    orphan_min_age: timedelta = timedelta(days=3)  # unreferenced files younger than this may be a write in progress
 
     def __post_init__(self) -> None:
         if self.retain_last < 1:
             raise ValueError("retain_last must be at least 1: the current snapshot is always kept")
         if self.max_age < timedelta(0):
             raise ValueError("max_age must not be negative")
+        if self.orphan_min_age < timedelta(hours=1):
+            raise ValueError("orphan_min_age must be at least an hour: a younger file may belong to a running write")
 
 
 @dataclass
@@ -154,4 +164,84 @@ def expire_table(table, *, now: datetime, policy: RetentionPolicy, keep: Iterabl
             continue
         result.files_deleted += 1
         result.bytes_deleted += before.sizes[path]
+    return result
+
+
+# ---- orphan files ------------------------------------------------------------------------------
+
+
+@dataclass
+class OrphanResult:
+    table: str
+    files_deleted: int = 0
+    bytes_deleted: int = 0
+    too_recent: int = 0  # unreferenced, but younger than the age limit: left alone
+    delete_failures: list[str] = field(default_factory=list)  # "path: reason"
+    dry_run: bool = False
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        return {
+            "orphan_files_deleted": self.files_deleted,
+            "orphan_bytes_deleted": self.bytes_deleted,
+            "orphan_files_too_recent": self.too_recent,
+            "orphan_delete_failures": len(self.delete_failures),
+        }
+
+
+def referenced_files(table) -> set[str]:
+    """Every file the table's metadata refers to: the current and logged metadata files, and for
+    every snapshot its manifest list, manifests, data and delete files, plus statistics files."""
+    metadata = table.metadata
+    files = set(_reachable(table.io, metadata, [s.snapshot_id for s in metadata.snapshots], {}).sizes)
+    files.add(table.metadata_location)
+    files.update(entry.metadata_file for entry in metadata.metadata_log)
+    files.update(f.statistics_path for f in metadata.statistics)
+    files.update(f.statistics_path for f in metadata.partition_statistics)
+    return files
+
+
+def find_orphans(listed: Iterable[tuple[str, datetime, int]], referenced: set[str], root: str,
+                 older_than: datetime) -> tuple[list[tuple[str, int]], int]:
+    """(path, size) of the listed files under ``root`` that ``referenced`` lacks and that were last
+    modified before ``older_than``, and how many unreferenced files are younger. Paths are
+    compared without their scheme. Only paths below ``root/`` count: a table whose name extends
+    this one's (``review`` and ``review_flat``) is never touched."""
+    prefix = root.rstrip("/") + "/"
+    orphans, recent = [], 0
+    for path, modified, size in listed:
+        if not path.startswith(prefix) or path in referenced:
+            continue
+        if modified >= older_than:
+            recent += 1
+        else:
+            orphans.append((path, size))
+    return sorted(orphans), recent
+
+
+def remove_orphan_files(table, *, now: datetime, policy: RetentionPolicy, dry_run: bool = False) -> OrphanResult:
+    """Delete the files under ``table``'s location that no metadata refers to and that are older
+    than ``policy.orphan_min_age``. ``dry_run``: only count them. Needs pyiceberg's pyarrow FileIO
+    (what the lake uses locally and on S3) to list the location."""
+    io = table.io
+    result = OrphanResult(".".join(table.name()), dry_run=dry_run)
+    scheme, netloc, root = io.parse_location(table.location(), io.properties)
+    fs = io.fs_by_scheme(scheme, netloc)
+    listed = [(info.path, info.mtime, info.size or 0)
+              for info in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True))
+              if info.type == FileType.File]
+    table.refresh()  # after listing: whatever was committed meanwhile is referenced
+    referenced = {io.parse_location(path, io.properties)[2] for path in referenced_files(table)}
+    orphans, result.too_recent = find_orphans(listed, referenced, root, now - policy.orphan_min_age)
+    for path, size in orphans:
+        if not dry_run:
+            try:
+                fs.delete_file(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                result.delete_failures.append(f"{path}: {exc}")
+                continue
+        result.files_deleted += 1
+        result.bytes_deleted += size
     return result

@@ -231,6 +231,9 @@ def test_lake_maintenance_job_expires_snapshots_and_keeps_every_table_readable(s
     }
     assert observed[("silver", "review")]["snapshots_expired"].value == snapshots - 1
     assert observed[("silver", "review")]["files_deleted"].value > 0
+    # The pipeline leaves no file its tables do not refer to: no orphan at any age.
+    assert {key: (meta["orphan_files_deleted"].value, meta["orphan_files_too_recent"].value)
+            for key, meta in observed.items()} == {key: (0, 0) for key in observed}
     assert len(lake.catalog.load_table("silver.review").metadata.snapshots) == 1
     for name, table in before.items():
         assert read_table(lake, "silver", name).sort_by("review_id").equals(table), name

@@ -124,3 +124,42 @@ def test_snapshot_expiry_deletes_old_files_from_s3(aws_settings: Settings):
     assert reread.scan().to_arrow().column("v").to_pylist() == ["v2", "v2"]
     params = boto3.client("glue").get_table(DatabaseName="dm_silver", Name="brewery")["Table"]["Parameters"]
     assert params["metadata_location"] == reread.metadata_location
+
+
+def test_orphan_files_are_found_and_deleted_on_s3_and_a_neighbour_table_is_untouched(aws_settings: Settings):
+    from datetime import datetime, timedelta, timezone
+
+    from pyiceberg.expressions import AlwaysTrue
+
+    from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
+    from datamaster_assets.lake.maintenance import RetentionPolicy, remove_orphan_files
+
+    bootstrap_aws(aws_settings)
+    catalog = build_catalog(aws_settings)
+    schema = pa.schema([("brewery_id", pa.int64()), ("v", pa.string())])
+    rows = pa.table({"brewery_id": pa.array([1, 2], pa.int64()), "v": pa.array(["v0"] * 2)})
+    tables = {name: catalog.create_table(f"dm_silver.{name}", schema=schema) for name in ("brewery", "brewery_flat")}
+    for table in tables.values():
+        commit_replacement(table, write_data_files(table.metadata, table.io, rows), AlwaysTrue(), {})
+        table.refresh()
+    s3 = boto3.client("s3")
+    stray = "warehouse/dm_silver.db/brewery/data/00000-0-crashed.parquet"
+    s3.put_object(Bucket="dm-glue-lake", Key=stray, Body=b"x" * 99)
+
+    def keys(prefix: str) -> set[str]:
+        listed = s3.list_objects_v2(Bucket="dm-glue-lake", Prefix=prefix)
+        return {o["Key"] for o in listed.get("Contents", []) if not o["Key"].endswith("/")}
+
+    neighbour = keys("warehouse/dm_silver.db/brewery_flat/")
+    before = keys("warehouse/dm_silver.db/brewery/")
+    policy = RetentionPolicy(orphan_min_age=timedelta(days=3))
+    # Written just now: a write that may still be in progress.
+    fresh = remove_orphan_files(tables["brewery"], now=datetime.now(timezone.utc), policy=policy)
+    assert (fresh.files_deleted, fresh.too_recent) == (0, 1) and stray in keys("warehouse/dm_silver.db/brewery/")
+
+    later = datetime.now(timezone.utc) + timedelta(days=4)
+    result = remove_orphan_files(tables["brewery"], now=later, policy=policy)
+    assert (result.files_deleted, result.bytes_deleted, result.delete_failures) == (1, 99, [])
+    assert keys("warehouse/dm_silver.db/brewery/") == before - {stray}
+    assert keys("warehouse/dm_silver.db/brewery_flat/") == neighbour
+    assert catalog.load_table("dm_silver.brewery").scan().to_arrow().num_rows == 2

@@ -72,8 +72,9 @@ def test_maintain_dry_run_then_expire(dm_home):
     before = len(lake.catalog.load_table("silver.review").metadata.snapshots)
     assert before > 1
 
-    done = runner.invoke(main, ["maintain", "--max-age-days", "0", "--retain-last", "1"])
+    done = runner.invoke(main, ["maintain", "--max-age-days", "0", "--retain-last", "1", "--orphan-min-age-days", "1"])
     assert done.exit_code == 0, done.output
     assert re.search(rf"silver\.review +{before} snapshot\(s\), expired +{before - 1},", done.output), done.output
+    assert "orphan files older than 1 day(s) deleted" in done.output and "orphans deleted 0 (0.0 MB)" in done.output
     assert len(lake.catalog.load_table("silver.review").metadata.snapshots) == 1
     assert runner.invoke(main, ["maintain", "--retain-last", "0"]).exit_code != 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +16,14 @@ from pyiceberg.table.refs import SnapshotRefType
 from datamaster_assets.lake.catalog import load_or_create_table, table_identifier
 from datamaster_assets.lake.factory import open_lake
 from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
-from datamaster_assets.lake.maintenance import RetentionPolicy, current_history, expire_table, snapshots_to_expire
+from datamaster_assets.lake.maintenance import (
+    RetentionPolicy,
+    current_history,
+    expire_table,
+    find_orphans,
+    remove_orphan_files,
+    snapshots_to_expire,
+)
 from datamaster_assets.settings import Settings
 from datamaster_assets.workers.gold import build_review_flat_table, refresh_gold, review_flat_history_in_use
 from datamaster_assets.workers.maintenance import maintain_lake
@@ -223,3 +231,67 @@ def test_maintain_lake_reports_a_table_it_could_not_maintain_and_goes_on(lake, m
     assert failed not in report.tables and "another writer committed first, nothing deleted" in reason
     assert report.problems == [reason] and reason.startswith(f"silver.{failed[1]}: ")
     assert len(calls) == 4 and all(r.expired for r in report.tables.values())  # the other three silver tables
+
+
+# ---- orphan files -------------------------------------------------------------------------------
+
+
+def test_find_orphans_keeps_referenced_young_and_foreign_files():
+    old, young = NOW - timedelta(days=10), NOW - timedelta(hours=2)
+    listed = [("/w/t/data/a.parquet", old, 10), ("/w/t/data/b.parquet", old, 20), ("/w/t/metadata/m.avro", old, 5),
+              ("/w/t/data/new.parquet", young, 30), ("/w/t_flat/data/x.parquet", old, 40)]
+    orphans, recent = find_orphans(listed, {"/w/t/data/a.parquet"}, "/w/t", NOW - timedelta(days=3))
+    assert orphans == [("/w/t/data/b.parquet", 20), ("/w/t/metadata/m.avro", 5)]
+    assert recent == 1  # new.parquet may belong to a write in progress; t_flat is another table
+
+
+def test_orphan_files_go_referenced_files_and_recent_writes_stay(lake):
+    table = load_or_create_table(lake.catalog, "silver.t", versions(1)[0].schema)
+    for rows in versions(2):
+        rewrite(table, rows)
+    # review_flat-like neighbour whose name extends this table's: must never be touched.
+    neighbour = load_or_create_table(lake.catalog, "silver.t_flat", versions(1)[0].schema)
+    rewrite(neighbour, versions(1)[0])
+    root = Path(table.location().removeprefix("file://"))
+    crashed = root / "data" / "00000-0-crashed-writer.parquet"  # written, never committed
+    crashed.write_bytes(b"x" * 123)
+    stale_manifest = root / "metadata" / "lost-attempt-m0.avro"
+    stale_manifest.write_bytes(b"y" * 7)
+    in_progress = root / "data" / "00000-0-writing-now.parquet"
+    in_progress.write_bytes(b"z" * 50)
+    ancient = (datetime.now(timezone.utc) - timedelta(days=10)).timestamp()
+    for path in (crashed, stale_manifest):
+        os.utime(path, (ancient, ancient))
+    before = {str(p) for p in root.rglob("*") if p.is_file()}
+    neighbour_files = {str(p) for p in Path(neighbour.location().removeprefix("file://")).rglob("*") if p.is_file()}
+    policy = RetentionPolicy(orphan_min_age=timedelta(days=3))
+    now = datetime.now(timezone.utc)
+
+    planned = remove_orphan_files(table, now=now, policy=policy, dry_run=True)
+    assert (planned.files_deleted, planned.bytes_deleted, planned.too_recent) == (2, 130, 1)
+    assert {str(p) for p in root.rglob("*") if p.is_file()} == before
+
+    done = remove_orphan_files(table, now=now, policy=policy)
+    assert (done.files_deleted, done.bytes_deleted, done.too_recent) == (2, 130, 1)
+    assert {str(p) for p in root.rglob("*") if p.is_file()} == before - {str(crashed), str(stale_manifest)}
+    assert {str(p) for p in Path(neighbour.location().removeprefix("file://")).rglob("*") if p.is_file()} == neighbour_files
+    # Every file the table refers to is still there: time travel to the first version still reads.
+    table = lake.catalog.load_table("silver.t")
+    oldest_data = next(s for s in table.metadata.snapshots if int(s.summary["total-records"]) > 0)
+    assert table.scan(snapshot_id=oldest_data.snapshot_id).to_arrow().column("v").to_pylist() == ["v0"] * 3
+    assert table.scan().to_arrow().column("v").to_pylist() == ["v1"] * 3
+    assert remove_orphan_files(table, now=now, policy=policy).files_deleted == 0
+
+
+def test_maintain_lake_reports_orphans_per_table(lake):
+    table = load_or_create_table(lake.catalog, table_identifier(lake.settings, "silver", "brewery"),
+                                 versions(1)[0].schema)
+    rewrite(table, versions(1)[0])
+    stray = Path(table.location().removeprefix("file://")) / "data" / "stray.parquet"
+    stray.write_bytes(b"s" * 11)
+    ancient = (datetime.now(timezone.utc) - timedelta(days=30)).timestamp()
+    os.utime(stray, (ancient, ancient))
+    report = maintain_lake(lake)
+    orphans = report.orphans[("silver", "brewery")]
+    assert orphans.files_deleted == 1 and not stray.exists()
+    assert report.metadata["orphan_files_deleted"] == 1 and report.ok
