@@ -13,8 +13,8 @@ import logging
 import os
 import uuid
 import warnings
-from urllib.parse import quote_plus
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote_plus
 
 import numpy as np
 import pyarrow as pa
@@ -153,7 +153,7 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
 def _partition_path(spec, partition_types: list, values: list) -> str:
     """``review_year=2010/review_month=1``: what ``PartitionSpec.partition_to_path`` returns, with
     the partition type worked out once per write instead of once per file (pyiceberg rebuilds it
-    on every call: ~0.15 ms of Python, or 0.13 s for the 845 files of a full gold build)."""
+    on every call: 34 us alone here, and py-spy put 0.13 s of a full gold build's GIL time on it)."""
     return "/".join(
         f"{quote_plus(field.name, safe='')}={quote_plus(field.transform.to_human_string(type_, value), safe='')}"
         for field, type_, value in zip(spec.fields, partition_types, values, strict=True)
@@ -194,7 +194,7 @@ def commit_replacement(table, files: list, delete_filter: BooleanExpression, pro
 
     A commit that certainly did not happen (those two exceptions) deletes ``files``: nothing refers
     to them, and a caller that retries writes new ones. Any other error leaves them, since the
-    commit may have gone through; snapshot expiry never sees files no snapshot reached."""
+    commit may have gone through; if it did not, maintenance's orphan file removal takes them."""
     try:
         with table.transaction() as txn:
             with warnings.catch_warnings():
