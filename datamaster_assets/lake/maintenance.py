@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pyarrow.fs import FileSelector, FileType
 from pyiceberg.table.refs import SnapshotRefType
@@ -51,14 +51,36 @@ class RetentionPolicy:
 
 
 @dataclass
-class ExpiryResult:
+class DeletedFiles:
+    """What a maintenance step deleted from one table (would delete, when ``dry_run``)."""
+
     table: str
-    snapshots_before: int
-    expired: list[int] = field(default_factory=list)
     files_deleted: int = 0
     bytes_deleted: int = 0
     delete_failures: list[str] = field(default_factory=list)  # "path: reason"
     dry_run: bool = False
+
+    def delete(self, delete_file: Callable[[str], None], files: Iterable[tuple[str, int]]) -> None:
+        """Delete (path, size) files with ``delete_file`` and count them; nothing in a dry run. A
+        file already gone is skipped (an earlier run may have been interrupted after deleting it);
+        any other failure is recorded and the file left."""
+        for path, size in files:
+            if not self.dry_run:
+                try:
+                    delete_file(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self.delete_failures.append(f"{path}: {exc}")
+                    continue
+            self.files_deleted += 1
+            self.bytes_deleted += size
+
+
+@dataclass
+class ExpiryResult(DeletedFiles):
+    snapshots_before: int = 0
+    expired: list[int] = field(default_factory=list)
 
     @property
     def metadata(self) -> dict[str, object]:
@@ -143,27 +165,15 @@ def expire_table(table, *, now: datetime, policy: RetentionPolicy, keep: Iterabl
     before = _reachable(table.io, metadata, [s.snapshot_id for s in metadata.snapshots], cache)
     if dry_run:
         remaining = [s.snapshot_id for s in metadata.snapshots if s.snapshot_id not in expired]
-        orphaned = set(before.sizes) - set(_reachable(table.io, metadata, remaining, cache).sizes)
+        after = _reachable(table.io, metadata, remaining, cache)
         result.expired = expired
-        result.files_deleted = len(orphaned)
-        result.bytes_deleted = sum(before.sizes[p] for p in orphaned)
-        return result
-
-    table.maintenance.expire_snapshots().by_ids(expired).commit()
-    table.refresh()  # whatever another writer committed meanwhile stays reachable below
-    still_present = {s.snapshot_id for s in table.metadata.snapshots}
-    result.expired = [s for s in expired if s not in still_present]
-    after = _reachable(table.io, table.metadata, still_present, cache)
-    for path in sorted(set(before.sizes) - set(after.sizes)):
-        try:
-            table.io.delete(path)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            result.delete_failures.append(f"{path}: {exc}")
-            continue
-        result.files_deleted += 1
-        result.bytes_deleted += before.sizes[path]
+    else:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+        table.refresh()  # whatever another writer committed meanwhile stays reachable below
+        still_present = {s.snapshot_id for s in table.metadata.snapshots}
+        result.expired = [s for s in expired if s not in still_present]
+        after = _reachable(table.io, table.metadata, still_present, cache)
+    result.delete(table.io.delete, [(p, before.sizes[p]) for p in sorted(set(before.sizes) - set(after.sizes))])
     return result
 
 
@@ -171,13 +181,8 @@ def expire_table(table, *, now: datetime, policy: RetentionPolicy, keep: Iterabl
 
 
 @dataclass
-class OrphanResult:
-    table: str
-    files_deleted: int = 0
-    bytes_deleted: int = 0
+class OrphanResult(DeletedFiles):
     too_recent: int = 0  # unreferenced, but younger than the age limit: left alone
-    delete_failures: list[str] = field(default_factory=list)  # "path: reason"
-    dry_run: bool = False
 
     @property
     def metadata(self) -> dict[str, object]:
@@ -233,15 +238,5 @@ def remove_orphan_files(table, *, now: datetime, policy: RetentionPolicy, dry_ru
     table.refresh()  # after listing: whatever was committed meanwhile is referenced
     referenced = {io.parse_location(path, io.properties)[2] for path in referenced_files(table)}
     orphans, result.too_recent = find_orphans(listed, referenced, root, now - policy.orphan_min_age)
-    for path, size in orphans:
-        if not dry_run:
-            try:
-                fs.delete_file(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                result.delete_failures.append(f"{path}: {exc}")
-                continue
-        result.files_deleted += 1
-        result.bytes_deleted += size
+    result.delete(fs.delete_file, orphans)
     return result
