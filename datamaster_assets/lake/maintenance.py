@@ -152,16 +152,18 @@ def _reachable(io, metadata, snapshot_ids: Iterable[int], manifest_cache: dict) 
 
 
 def expire_table(table, *, now: datetime, policy: RetentionPolicy, keep: Iterable[int] = (),
-                 dry_run: bool = False) -> ExpiryResult:
+                 dry_run: bool = False, manifest_cache: dict | None = None) -> ExpiryResult:
     """Expire ``table``'s snapshots as ``policy`` says (never those in ``keep``) and delete the files
     only they reached. ``dry_run``: report what would be expired and deleted, change nothing.
-    Raises CommitFailedException when the metadata commit fails; nothing is deleted then."""
+    Raises CommitFailedException when the metadata commit fails; nothing is deleted then.
+    ``manifest_cache``: manifest entries already read (manifests never change), shared with
+    ``remove_orphan_files`` on the same table so each manifest is read once."""
     metadata = table.metadata
     result = ExpiryResult(".".join(table.name()), snapshots_before=len(metadata.snapshots), dry_run=dry_run)
     expired = snapshots_to_expire(metadata, now, policy, keep)
     if not expired:
         return result
-    cache: dict = {}
+    cache = {} if manifest_cache is None else manifest_cache
     before = _reachable(table.io, metadata, [s.snapshot_id for s in metadata.snapshots], cache)
     if dry_run:
         remaining = [s.snapshot_id for s in metadata.snapshots if s.snapshot_id not in expired]
@@ -194,11 +196,12 @@ class OrphanResult(DeletedFiles):
         }
 
 
-def referenced_files(table) -> set[str]:
+def referenced_files(table, manifest_cache: dict | None = None) -> set[str]:
     """Every file the table's metadata refers to: the current and logged metadata files, and for
     every snapshot its manifest list, manifests, data and delete files, plus statistics files."""
     metadata = table.metadata
-    files = set(_reachable(table.io, metadata, [s.snapshot_id for s in metadata.snapshots], {}).sizes)
+    snapshot_ids = [s.snapshot_id for s in metadata.snapshots]
+    files = set(_reachable(table.io, metadata, snapshot_ids, {} if manifest_cache is None else manifest_cache).sizes)
     files.add(table.metadata_location)
     files.update(entry.metadata_file for entry in metadata.metadata_log)
     files.update(f.statistics_path for f in metadata.statistics)
@@ -224,7 +227,8 @@ def find_orphans(listed: Iterable[tuple[str, datetime, int]], referenced: set[st
     return sorted(orphans), recent
 
 
-def remove_orphan_files(table, *, now: datetime, policy: RetentionPolicy, dry_run: bool = False) -> OrphanResult:
+def remove_orphan_files(table, *, now: datetime, policy: RetentionPolicy, dry_run: bool = False,
+                        manifest_cache: dict | None = None) -> OrphanResult:
     """Delete the files under ``table``'s location that no metadata refers to and that are older
     than ``policy.orphan_min_age``. ``dry_run``: only count them. Needs pyiceberg's pyarrow FileIO
     (what the lake uses locally and on S3) to list the location."""
@@ -236,7 +240,7 @@ def remove_orphan_files(table, *, now: datetime, policy: RetentionPolicy, dry_ru
               for info in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True))
               if info.type == FileType.File]
     table.refresh()  # after listing: whatever was committed meanwhile is referenced
-    referenced = {io.parse_location(path, io.properties)[2] for path in referenced_files(table)}
+    referenced = {io.parse_location(path, io.properties)[2] for path in referenced_files(table, manifest_cache)}
     orphans, result.too_recent = find_orphans(listed, referenced, root, now - policy.orphan_min_age)
     result.delete(fs.delete_file, orphans)
     return result

@@ -109,7 +109,8 @@ def validate_changes(changes: pa.Table, contract: Contract) -> list[str]:
 
     Messages name the field and the first offending ``_source_line``.
     """
-    missing = [c for c in change_schema(contract).names if c not in changes.column_names and c not in _addable(contract)]
+    addable = _addable(contract)
+    missing = [c for c in change_schema(contract).names if c not in changes.column_names and c not in addable]
     if missing:
         return [f"missing columns {missing}"]
     problems = []

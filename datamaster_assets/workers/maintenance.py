@@ -84,13 +84,16 @@ def maintain_lake(lake: Lake, *, now: datetime | None = None, policy: RetentionP
         except NoSuchTableError:
             continue
         keep = flat_in_use if (layer, name) == ("silver", REVIEW_FLAT) else set()
+        manifests: dict = {}  # read once for both steps
         try:
-            report.tables[(layer, name)] = expire_table(table, now=now, policy=report.policy, keep=keep, dry_run=dry_run)
+            report.tables[(layer, name)] = expire_table(table, now=now, policy=report.policy, keep=keep, dry_run=dry_run,
+                                                        manifest_cache=manifests)
         except CommitFailedException as exc:
             report.failures[(layer, name)] = f"{identifier}: another writer committed first, nothing deleted: {exc}"
             continue
         try:
-            report.orphans[(layer, name)] = remove_orphan_files(table, now=now, policy=report.policy, dry_run=dry_run)
+            report.orphans[(layer, name)] = remove_orphan_files(table, now=now, policy=report.policy, dry_run=dry_run,
+                                                                manifest_cache=manifests)
         except OSError as exc:  # the location could not be listed: nothing was deleted
             report.failures[(layer, name)] = f"{identifier}: orphan files not removed, listing failed: {exc}"
     return report

@@ -131,8 +131,9 @@ def prepare_silver_table(catalog: Catalog, identifier: str, contract: Contract):
     """The silver table, created from the contract on first use, with the columns a contract
     change added (stored rows read them as null) or widened. Raises SchemaConflict for a change
     that adding columns cannot express (docs/silver.md, "Schema changes")."""
-    table = load_or_create_table(catalog, identifier, silver_schema(contract), contract.primary_key)
-    changed = evolve_schema(table, identifier, silver_schema(contract), contract.primary_key)
+    schema = silver_schema(contract)
+    table = load_or_create_table(catalog, identifier, schema, contract.primary_key)
+    changed = evolve_schema(table, identifier, schema, contract.primary_key)
     if changed:
         log.info("%s: schema follows the %s contract, columns added or widened: %s", identifier, contract.name,
                  ", ".join(changed))

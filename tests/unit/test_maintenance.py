@@ -295,3 +295,25 @@ def test_maintain_lake_reports_orphans_per_table(lake):
     orphans = report.orphans[("silver", "brewery")]
     assert orphans.files_deleted == 1 and not stray.exists()
     assert report.metadata["orphan_files_deleted"] == 1 and report.ok
+
+
+def test_maintain_lake_reads_each_manifest_once_for_expiry_and_orphans(lake, monkeypatch):
+    from collections import Counter
+
+    from pyiceberg.manifest import ManifestFile
+
+    table = load_or_create_table(lake.catalog, table_identifier(lake.settings, "silver", "brewery"),
+                                 versions(1)[0].schema)
+    for rows in versions(3):
+        rewrite(table, rows)
+    reads: Counter = Counter()
+    fetch = ManifestFile.fetch_manifest_entry
+
+    def counting(self, io, discard_deleted=True):
+        reads[self.manifest_path] += 1
+        return fetch(self, io, discard_deleted=discard_deleted)
+
+    monkeypatch.setattr(ManifestFile, "fetch_manifest_entry", counting)
+    report = maintain_lake(lake, policy=RetentionPolicy(max_age=timedelta(0), retain_last=1), now=LATER)
+    assert report.ok and report.tables[("silver", "brewery")].expired
+    assert reads and set(reads.values()) == {1}
