@@ -32,6 +32,12 @@ def main() -> None:
 
     Environment: DATAMASTER_ENV (local|aws, default local), DATAMASTER_HOME (default ./.datamaster).
     """
+    from datamaster_assets.runtime import tune_process
+
+    try:
+        tune_process()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

@@ -10,6 +10,7 @@ from datamaster_assets.defs.compute import compute_resources
 from datamaster_assets.defs.ops.maintenance import lake_maintenance_job, lake_maintenance_schedule
 from datamaster_assets.defs.ops.runner import PIPELINE_JOB
 from datamaster_assets.defs.resources import LakeResource
+from datamaster_assets.runtime import tune_process
 from datamaster_assets.settings import Settings
 
 
@@ -37,4 +38,5 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     )
 
 
+tune_process()  # the code server and every run/step process Dagster starts import this module
 defs = build_definitions()

@@ -28,6 +28,18 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+ThpMode = Literal["disable", "system"]
+
+
+def transparent_huge_pages_mode(environ: Mapping[str, str]) -> ThpMode:
+    """DATAMASTER_TRANSPARENT_HUGE_PAGES: ``disable`` (default) opts worker processes out of
+    transparent huge pages (``datamaster_assets.runtime``), ``system`` keeps the kernel's setting."""
+    raw = (environ.get("DATAMASTER_TRANSPARENT_HUGE_PAGES") or "disable").strip().lower()
+    if raw not in ("disable", "system"):
+        raise ValueError(f"DATAMASTER_TRANSPARENT_HUGE_PAGES must be 'disable' or 'system', got {raw!r}")
+    return raw  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Settings:
     env: Env = "local"

@@ -28,6 +28,7 @@ from datamaster_assets.bench.dataset import BenchDataset, ensure_dataset, review
 from datamaster_assets.bench.measure import Sample, StageFailed, run_measured, summarise
 from datamaster_assets.bench.report import format_report
 from datamaster_assets.bench.targets import evaluate_targets
+from datamaster_assets.runtime import transparent_huge_pages_enabled, tune_process
 from datamaster_assets.seed.reviews import FULL_SIZE_REVIEWS
 
 STAGES = ("bronze", "silver", "gold", "e2e")
@@ -105,6 +106,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "isal": isal_version,
         "java": ref.java_available(),
+        # inherited by every measured process, stages and references alike (datamaster_assets.runtime)
+        "transparent_huge_pages": transparent_huge_pages_enabled(),
     }
 
 
@@ -630,6 +633,7 @@ def bench_main(
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
     n = reviews if reviews is not None else (QUICK_REVIEWS if quick else FULL_SIZE_REVIEWS)
+    tune_process()  # here too when called from Python: the floor and pyspark inherit it
     started = time.perf_counter()
     cache_dir = Path(cache_dir).absolute()
     print(f"datamaster bench: {n:,} reviews, {runs} run(s) per measurement, stages {', '.join(chosen)}", flush=True)

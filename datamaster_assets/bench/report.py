@@ -17,7 +17,7 @@ def measurement_rows(report: dict) -> list[list[str]]:
     for m in report["measurements"]:
         s = m["summary"]
         if m["skipped"] or s is None:
-            rows.append([m["name"], m["kind"], "-", "-", "-", "-", "-", m["skipped"] or "no samples"])
+            rows.append([m["name"], m["kind"], "-", "-", "-", "-", "-", "-", m["skipped"] or "no samples"])
             continue
         checks = m["checks"]
         verified = "ok" if checks and all(c["ok"] for c in checks.values()) else ("-" if not checks else "FAILED")
@@ -28,10 +28,15 @@ def measurement_rows(report: dict) -> list[list[str]]:
             f"{s['median_s']:.2f}",
             f"{s['min_s']:.2f}-{s['max_s']:.2f}",
             f"{s['median_rss_mib']:.0f}",
+            f"{s.get('median_user_s', 0.0):.2f}/{s.get('median_sys_s', 0.0):.2f}",
             f"{m['rows']:,}" if m["rows"] is not None else "-",
             verified + (f" ({'; '.join(m['notes'])})" if m["notes"] else ""),
         ])
     return rows
+
+
+def _thp(enabled: bool | None) -> str:
+    return "unknown" if enabled is None else ("on" if enabled else "off (DATAMASTER_TRANSPARENT_HUGE_PAGES)")
 
 
 def format_report(report: dict) -> str:
@@ -41,10 +46,12 @@ def format_report(report: dict) -> str:
         "",
         f"{ds['reviews']:,} reviews (seed {ds['seed']}), {report['runs']} run(s); {machine['cpus']} CPUs, "
         f"Python {machine['python']}, isal {machine['isal'] or 'not installed'}, "
-        f"Java {'present' if machine['java'] else 'absent'}",
+        f"Java {'present' if machine['java'] else 'absent'}, transparent huge pages "
+        f"{_thp(machine.get('transparent_huge_pages'))}",
         "",
     ]
-    lines += _table(["measurement", "kind", "runs", "median s", "min-max s", "peak MiB", "rows", "verified"],
+    lines += _table(["measurement", "kind", "runs", "median s", "min-max s", "peak MiB", "CPU user/sys s", "rows",
+                     "verified"],
                     measurement_rows(report))
     lines += ["", "Targets" + ("" if report["full_size"] else " (absolute targets apply at full size only)"), ""]
     target_rows = [

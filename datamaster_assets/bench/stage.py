@@ -166,6 +166,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from datamaster_assets.runtime import tune_process
+
+    tune_process()
     run: Callable[[argparse.Namespace], dict[str, Any]] = _system if args.stage in SYSTEM_STAGES else _reference
     result = run(args)
     if args.result is not None:

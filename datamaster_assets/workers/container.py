@@ -20,6 +20,7 @@ from typing import Sequence
 
 from dagster_pipes import PipesEnvVarParamsLoader
 
+from datamaster_assets.runtime import tune_process
 from datamaster_assets.workers.bronze_pipes import open_fresh_pipes, run_bronze_item
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_process()
     args = build_parser().parse_args(argv)
     owner = args.owner or _default_owner()
     if PipesEnvVarParamsLoader().is_dagster_pipes_process():

@@ -14,7 +14,10 @@ from typing import Any, Mapping
 
 from dagster_pipes import PipesMappingParamsLoader, PipesS3MessageWriter
 
+from datamaster_assets.runtime import tune_process
 from datamaster_assets.workers.bronze_pipes import open_fresh_pipes, require_str, run_bronze_item
+
+tune_process()  # once per execution environment, at cold start
 
 # Seconds between chunk uploads while the function runs; the last chunk is always written on close.
 MESSAGE_UPLOAD_INTERVAL_S = 5.0

@@ -50,6 +50,15 @@ def test_run_measured_reports_the_child_alone(tmp_path):
     assert small.wall_s >= 0
 
 
+def test_run_measured_reports_the_childs_cpu_time(tmp_path):
+    busy = run_measured(["python3", "-c", "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"],
+                        log_path=tmp_path / "busy.log")
+    assert busy.user_s + busy.sys_s >= 0.3
+    assert busy.user_s <= busy.wall_s + 0.05  # one thread cannot use more CPU than wall time
+    summary = summarise([busy, Sample(1.0, 10.0, user_s=0.0, sys_s=0.0)])
+    assert summary.median_user_s == pytest.approx(busy.user_s / 2)
+
+
 def test_run_measured_raises_with_the_log_tail(tmp_path):
     with pytest.raises(StageFailed, match="boom"):
         run_measured(["python3", "-c", "import sys; print('boom'); sys.exit(3)"], log_path=tmp_path / "x.log")
