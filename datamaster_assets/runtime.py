@@ -2,8 +2,8 @@
 code location, the bronze Lambda handler, the container CLI, benchmark stages), before the process
 allocates much memory.
 
-Transparent huge pages: numpy and Arrow's allocator ask the kernel for huge pages
-(``MADV_HUGEPAGE``) on large buffers. Where first touching a 2 MiB page is expensive, as on this
+Transparent huge pages: large numpy and Arrow (mimalloc) buffers end up on 2 MiB huge pages
+(numpy asks with ``MADV_HUGEPAGE``). Where first touching a huge page is expensive, as on this
 project's Firecracker VM (virtio-balloon free page reporting hands freed 2 MiB blocks back to the
 host, so every huge-page fault waits for the host), that costs ~3 ms per MiB: a 400 MiB numpy
 array took 1.1-1.3 s of system time with huge pages and 0.19 s without. The workers are short
