@@ -21,6 +21,7 @@ from datamaster_assets.workers.gold import (
     refresh_gold,
 )
 from tests.unit.gold_data import review_rows, silver_set, utc, write_silver
+from tests.unit.iceberg_files_on_disk import data_files_on_disk, data_files_referenced
 
 NOW = datetime(2024, 3, 1, tzinfo=timezone.utc)
 ALL_MONTHS = [(2010, 1), (2010, 2), (2011, 7)]
@@ -213,3 +214,85 @@ def test_month_encoding_round_trips():
     assert encode_months(months) == "199912,201001,201107"
     assert decode_months(encode_months(months)) == months
     assert decode_months("") == set()
+
+
+# ---- commits that lose a race with another writer ---------------------------------------------
+
+
+class RaceBeforeFirstCommit:
+    """Stands in for ``commit_replacement`` in workers.gold: before our first commit to ``table_name``
+    another writer (``race``) commits to the same table, then ours goes ahead on stale metadata."""
+
+    def __init__(self, monkeypatch, table_name: str, race):
+        import datamaster_assets.workers.gold as gold_worker
+
+        self._real = gold_worker.commit_replacement
+        self._table_name, self._race = table_name, race
+        self.raced = False
+        self.calls: list[str] = []
+        self._racing = False
+        monkeypatch.setattr(gold_worker, "commit_replacement", self)
+
+    def __call__(self, table, files, delete_filter, properties):
+        name = table.name()[-1]
+        if not self._racing:
+            self.calls.append(name)
+        if name == self._table_name and not self.raced and not self._racing:
+            self._racing = True
+            try:
+                self._race()  # its commits go straight through (re-entrant call below)
+            finally:
+                self._racing, self.raced = False, True
+        return self._real(table, files, delete_filter, properties)
+
+
+def other_writer(lake):
+    return open_lake(Settings(home=lake.settings.home))  # its own catalog connection
+
+
+def test_a_mart_commit_that_loses_a_race_is_planned_again(lake, monkeypatch):
+    build_and_refresh(lake, review_rows())
+    rows = with_review(review_rows(), 3, review_overall=1.0)
+    tables = silver_set(rows)
+    write_silver(lake, tables)
+    flat = build_review_flat_table(lake, now=NOW)
+    race = RaceBeforeFirstCommit(monkeypatch, "top_beers_by_rating",
+                                 lambda: refresh_gold(other_writer(lake), marts=["top_beers_by_rating"], now=NOW))
+
+    result = refresh_gold(lake, now=NOW)
+
+    assert race.raced
+    # Our first commit to the mart lost; planned again, the mart already reflected review_flat's
+    # current snapshot (the other writer built it), so there was nothing left to do.
+    assert race.calls.count("top_beers_by_rating") == 1
+    mart = result.marts["top_beers_by_rating"]
+    assert mart.status == "up-to-date" and mart.source_snapshot_id == flat.snapshot_id
+    assert all(m.status == "refreshed" for name, m in result.marts.items() if name != "top_beers_by_rating")
+    assert_gold_matches(lake, tables)  # every month once: no rows from both writers
+    # The losing attempt's month files were deleted, not left behind as orphans.
+    identifier = table_identifier(lake.settings, "gold", "top_beers_by_rating")
+    assert data_files_on_disk(lake, identifier) == data_files_referenced(lake, identifier)
+
+
+def test_a_review_flat_build_that_loses_a_race_diffs_against_the_winner(lake, monkeypatch):
+    tables, first, _ = build_and_refresh(lake, review_rows())
+    rows = with_review(review_rows(), 3, review_overall=1.0)
+    tables = silver_set(rows)
+    write_silver(lake, tables)
+    theirs = {}
+    race = RaceBeforeFirstCommit(monkeypatch, "review_flat",
+                                 lambda: theirs.setdefault("flat", build_review_flat_table(other_writer(lake), now=NOW)))
+
+    ours = build_review_flat_table(lake, now=NOW)
+
+    assert race.raced and theirs["flat"].written and theirs["flat"].rows_changed == 1
+    # Retried against the winner's version, which already holds these rows: nothing to write.
+    assert not ours.written and ours.rows_changed == 0
+    assert ours.snapshot_id == theirs["flat"].snapshot_id
+    identifier = table_identifier(lake.settings, "silver", "review_flat")
+    assert data_files_on_disk(lake, identifier) == data_files_referenced(lake, identifier)
+    # Gold still learns which month changed: from the winner's snapshot record.
+    result = refresh_gold(lake, now=NOW)
+    assert {m.status for m in result.marts.values()} == {"refreshed"}
+    assert all(m.affected_months == [(2010, 1)] for m in result.marts.values())  # review 3's month
+    assert_gold_matches(lake, tables)

@@ -17,6 +17,7 @@ from datamaster_assets.lake.ledger import Registration, Status
 from datamaster_assets.settings import Settings
 from datamaster_assets.workers.silver import apply_pending_silver, commit_merge, silver_schema
 from tests.benchmarks.silver_data import bronze_table
+from tests.unit.iceberg_files_on_disk import data_files_on_disk, data_files_referenced
 
 BREWERY = get_contract("brewery")
 
@@ -314,18 +315,6 @@ def test_a_big_rewrite_is_split_into_key_ordered_files_and_replaces_them_all(lak
     assert ranges == [(1, 20), (21, 41)]  # stored sorted by key: each file holds one key range
     state = brewery_state(lake)
     assert len(state) == 41 and state[7] == ("x", False) and state[41] == ("y", False)
-
-
-def data_files_on_disk(lake: Lake, identifier: str) -> set[str]:
-    table = lake.catalog.load_table(identifier)
-    return {str(p) for p in Path(table.location().removeprefix("file://"), "data").rglob("*.parquet")}
-
-
-def data_files_referenced(lake: Lake, identifier: str) -> set[str]:
-    table = lake.catalog.load_table(identifier)
-    return {entry.data_file.file_path.removeprefix("file://")
-            for snapshot in table.snapshots() for manifest in snapshot.manifests(table.io)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False)}
 
 
 def test_uncommitted_files_that_will_not_delete_are_reported(lake: Lake, caplog):
