@@ -246,20 +246,21 @@ def test_measurements_side_by_side_alternate_and_a_slow_reference_runs_once(tmp_
     bench = harness.Bench(dataset=None, workdir=tmp_path, runs=3, spark=False, spark_note="")
     order: list[str] = []
 
-    def job(name: str, kind: str, seconds: float = 0.0, heavy: bool = False) -> harness.Run:
+    def job(name: str, kind: str, seconds: float = 0.0, heavy: bool = False, repeat: bool = False) -> harness.Run:
         m = harness.Measurement(name, "gold", kind, name)
         argv = [sys.executable, "-S", "-c", f"import time; time.sleep({seconds})"]
-        return harness.Run(m, argv, before=lambda: order.append(name), heavy=heavy)
+        return harness.Run(m, argv, before=lambda: order.append(name), heavy=heavy, repeat_when_slow=repeat)
 
     monkeypatch.setattr(harness, "SLOW_REFERENCE_S", 0.3)
     jobs = [job("ours", "system", 0.4), job("floor", "floor"), job("slow_ref", "reference", 0.4),
-            job("heavy_ref", "reference", heavy=True)]
+            job("heavy_ref", "reference", heavy=True), job("target_ref", "reference", 0.4, heavy=True, repeat=True)]
     bench.measure_side_by_side(jobs)
 
-    # A B C, then C B A, then A B C; the slow reference is measured once; the heavy one after the rounds.
+    # A B C, then C B A, then A B C; the slow reference is measured once; the heavy ones after the
+    # rounds, and the slow one a target depends on every time.
     assert order == ["ours", "floor", "slow_ref", "floor", "ours", "ours", "floor",
-                     "heavy_ref", "heavy_ref", "heavy_ref"]
-    assert [len(j.m.samples) for j in jobs] == [3, 3, 1, 3]
+                     "heavy_ref", "heavy_ref", "heavy_ref", "target_ref", "target_ref", "target_ref"]
+    assert [len(j.m.samples) for j in jobs] == [3, 3, 1, 3, 3]
     assert len(jobs[2].m.notes) == 1 and jobs[2].m.notes[0].startswith("measured once: one run takes")
-    assert not jobs[0].m.notes  # our own stage is never cut short, however slow
-    assert [m.name for m in bench.measurements] == ["ours", "floor", "slow_ref", "heavy_ref"]
+    assert not jobs[0].m.notes and not jobs[4].m.notes  # never cut short, however slow
+    assert [m.name for m in bench.measurements] == ["ours", "floor", "slow_ref", "heavy_ref", "target_ref"]
