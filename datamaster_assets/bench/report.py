@@ -28,7 +28,7 @@ def measurement_rows(report: dict) -> list[list[str]]:
             f"{s['median_s']:.2f}",
             f"{s['min_s']:.2f}-{s['max_s']:.2f}",
             f"{s['median_rss_mib']:.0f}",
-            f"{s.get('median_user_s', 0.0):.2f}/{s.get('median_sys_s', 0.0):.2f}",
+            f"{s['median_user_s']:.2f}/{s['median_sys_s']:.2f}",
             f"{m['rows']:,}" if m["rows"] is not None else "-",
             verified + (f" ({'; '.join(m['notes'])})" if m["notes"] else ""),
         ])
