@@ -66,7 +66,7 @@ def test_every_data_entry_point_applies_it(tmp_path):
         assert _probe(entry, DATAMASTER_HOME=str(tmp_path))[0] == "False", entry
 
 
-def test_cli_names_a_bad_value(monkeypatch):
+def test_cli_names_a_bad_value():
     result = CliRunner().invoke(main, ["status"], env={"DATAMASTER_TRANSPARENT_HUGE_PAGES": "sometimes"})
     assert result.exit_code == 1
     assert "DATAMASTER_TRANSPARENT_HUGE_PAGES must be 'disable' or 'system', got 'sometimes'" in result.output
