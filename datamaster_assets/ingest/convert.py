@@ -29,6 +29,7 @@ from datamaster_assets.ingest.masking import PiiDetector, mask_table
 from datamaster_assets.ingest.rejects import RejectsWriter
 from datamaster_assets.ingest.stream import Chunk, iter_chunks
 from datamaster_assets.ingest.validate import check_rules
+from datamaster_assets.lake.parquet_encodings import delta_columns, dictionary_columns
 from datamaster_assets.ingest.values import TIMESTAMP_US_UTC
 
 DEFAULT_BATCH_ROWS = 256 * 1024
@@ -41,9 +42,6 @@ PARSE_THREADS = 2
 # the same CPU time as 256 Ki-line chunks and ~60 MB less peak RSS; docs/bronze.md).
 PARSE_CHUNK_ROWS = 64 * 1024
 PARQUET_COMPRESSION = "zstd"
-# A column gets dictionary encoding when its first batch has at most this share of distinct values.
-# Dictionary-encoding a near-unique column (ids, line numbers) costs time and grows the file.
-DICTIONARY_MAX_DISTINCT_SHARE = 0.2
 
 
 # Lineage strings written as dictionary arrays: a constant per file (or a handful of operations),
@@ -61,28 +59,6 @@ LINEAGE_WITHOUT_STATISTICS = frozenset(("_source_key", "_control_id", "_op", "_c
 
 def writer_schema(bronze_schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_type(DICT_STRING) if f.name in DICTIONARY_LINEAGE else f for f in bronze_schema])
-
-
-def dictionary_columns(table: pa.Table) -> list[str]:
-    """Columns worth dictionary-encoding, judged on a (first) batch."""
-    out = []
-    for name, column in zip(table.column_names, table.columns):
-        if pa.types.is_dictionary(column.type):
-            continue  # written as a dictionary anyway
-        sample = column.slice(0, 65536)
-        if len(sample) and pc.count_distinct(sample, mode="all").as_py() <= DICTIONARY_MAX_DISTINCT_SHARE * len(sample):
-            out.append(name)
-    return out
-
-
-def delta_columns(schema: pa.Schema, dictionary: list[str]) -> dict[str, str]:
-    """Integer-like columns without a dictionary: delta encoding is cheaper than plain + zstd on ids,
-    line numbers and times, and smaller."""
-    return {
-        f.name: "DELTA_BINARY_PACKED"
-        for f in schema
-        if f.name not in dictionary and (pa.types.is_int64(f.type) or pa.types.is_int32(f.type) or pa.types.is_timestamp(f.type))
-    }
 
 
 class _ParquetOutput:

@@ -24,11 +24,13 @@ from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.transforms import IdentityTransform
 
+from datamaster_assets.lake.parquet_encodings import delta_columns, dictionary_columns
+
 log = logging.getLogger(__name__)
 
-# Below this many rows a file is written without dictionary encoding: for the gold marts' month
-# files (hundreds to thousands of rows) that is ~40 % less encoding CPU and smaller files (zstd
-# finds the repeats itself); big files keep it.
+# Below this many rows a file is written plain, without dictionary or delta encoding: for the gold
+# marts' month files (hundreds to thousands of rows) that is ~40 % less encoding CPU and smaller
+# files (zstd finds the repeats itself). Bigger files get the encodings of lake/parquet_encodings.py.
 DICTIONARY_ROWS_MIN = 100_000
 ROWS_PER_FILE_MIN = 400_000  # an unpartitioned table smaller than this is one file: splitting costs more than it saves
 
@@ -101,6 +103,12 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
          for batch in rows.to_batches()]
     )
     writer_kwargs = _get_parquet_writer_kwargs(properties)
+    ranges = row_ranges(table_metadata, rows)
+    plain: dict = {"use_dictionary": False}
+    encodings = plain
+    if any(hi - lo >= DICTIONARY_ROWS_MIN for lo, hi in ranges):  # judged once, on the first rows
+        dictionary = dictionary_columns(file_rows)
+        encodings = {"use_dictionary": dictionary, "column_encoding": delta_columns(file_rows.schema, dictionary)}
     row_group_size = property_as_int(properties, TableProperties.PARQUET_ROW_GROUP_LIMIT,
                                      TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT)
     stats_columns = compute_statistics_plan(file_schema, properties)
@@ -123,8 +131,9 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
         path = locations.new_data_location(data_file_name=_data_file_name(partition_path, task_id, write_uuid))
         output = io.new_output(path)
         with output.create(overwrite=True) as stream:
-            with pq.ParquetWriter(stream, schema=part.schema, store_decimal_as_integer=True,
-                                  use_dictionary=part.num_rows >= DICTIONARY_ROWS_MIN, **writer_kwargs) as writer:
+            encoded = encodings if part.num_rows >= DICTIONARY_ROWS_MIN else plain
+            with pq.ParquetWriter(stream, schema=part.schema, store_decimal_as_integer=True, **encoded,
+                                  **writer_kwargs) as writer:
                 writer.write(part, row_group_size=row_group_size)
             size = stream.tell()  # the writer leaves a stream it did not open open: no stat needed
         statistics = data_file_statistics_from_parquet_metadata(
@@ -143,7 +152,6 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
             **statistics.to_serialized_dict(),
         )
 
-    ranges = row_ranges(table_metadata, rows)
     if len(ranges) == 1:
         return [write_one(0, *ranges[0])]
     with ThreadPoolExecutor(max_workers=min(len(ranges), (os.cpu_count() or 1) + 1)) as pool:

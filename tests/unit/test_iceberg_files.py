@@ -1,10 +1,11 @@
-"""Where data files are cut (pure), for partitioned and unpartitioned tables."""
+"""Where data files are cut (pure), for partitioned and unpartitioned tables, and how they are encoded."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -55,8 +56,6 @@ def test_unpartitioned_tables_get_one_file_per_core_once_big(monkeypatch):
 
 
 def _encodings(path: str) -> set[str]:
-    import pyarrow.parquet as pq
-
     meta = pq.ParquetFile(path.removeprefix("file://")).metadata
     return {enc for rg in range(meta.num_row_groups) for col in range(meta.num_columns)
             for enc in meta.row_group(rg).column(col).encodings}
@@ -82,6 +81,42 @@ def test_small_files_skip_dictionary_encoding_and_big_ones_keep_it(tmp_path, mon
     assert any("DICTIONARY" in e for e in by_rows[30])
     assert not any("DICTIONARY" in e for e in by_rows[5])
     assert table.refresh().scan().to_arrow().num_rows == 35
+
+
+def test_big_files_choose_dictionary_or_delta_per_column(tmp_path, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.expressions import AlwaysTrue
+
+    from datamaster_assets.lake.catalog import iceberg_schema
+    from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
+
+    n = 2000
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    data = pa.table({
+        "review_id": pa.array(range(10_000, 10_000 + n), pa.int64()),  # unique: delta
+        "rating": pa.array([float(i % 5) for i in range(n)], pa.float64()),  # 5 values: dictionary
+        "beer_id": pa.array([i % 7 for i in range(n)], pa.int64()),  # few values: dictionary, not delta
+        "name": pa.array([f"beer {i % 3}" for i in range(n)]),  # dictionary
+        "seen_at": pa.array([start + timedelta(seconds=i) for i in range(n)], pa.timestamp("us", tz="UTC")),  # delta
+    })
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
+    catalog.create_namespace("s")
+    table = catalog.create_table("s.r", schema=iceberg_schema(data.schema))
+    monkeypatch.setattr(iceberg_files, "DICTIONARY_ROWS_MIN", 100)
+    files = write_data_files(table.metadata, table.io, data)
+    commit_replacement(table, files, AlwaysTrue(), {})
+
+    meta = pq.ParquetFile(files[0].file_path.removeprefix("file://")).metadata
+    encodings = {meta.row_group(0).column(i).path_in_schema: set(meta.row_group(0).column(i).encodings)
+                 for i in range(meta.num_columns)}
+    for name in ("review_id", "seen_at"):
+        assert "DELTA_BINARY_PACKED" in encodings[name] and not any("DICTIONARY" in e for e in encodings[name]), name
+    for name in ("rating", "beer_id", "name"):
+        assert any("DICTIONARY" in e for e in encodings[name]) and "DELTA_BINARY_PACKED" not in encodings[name], name
+    stored = table.refresh().scan().to_arrow()
+    assert stored.sort_by("review_id").equals(data.cast(stored.schema))
 
 
 @pytest.mark.parametrize("values", [[2010, 1], [None, 12], [-1, 0]])
