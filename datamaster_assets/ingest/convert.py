@@ -29,8 +29,8 @@ from datamaster_assets.ingest.masking import PiiDetector, mask_table
 from datamaster_assets.ingest.rejects import RejectsWriter
 from datamaster_assets.ingest.stream import Chunk, iter_chunks
 from datamaster_assets.ingest.validate import check_rules
-from datamaster_assets.lake.parquet_encodings import delta_columns, dictionary_columns
 from datamaster_assets.ingest.values import TIMESTAMP_US_UTC
+from datamaster_assets.lake.parquet_encodings import delta_columns, dictionary_columns
 
 DEFAULT_BATCH_ROWS = 256 * 1024
 # Chunks are parsed, checked and masked this many at a time (one per core of the 2-vCPU target),
