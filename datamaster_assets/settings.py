@@ -18,29 +18,20 @@ Env = Literal["local", "aws"]
 LOCAL_DEV_PII_KEY = "datamaster-local-development-key"
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
+def _number(environ: Mapping[str, str], name: str, default, convert=int, minimum=None, maximum=None):
+    """``environ[name]`` converted by ``convert`` (int or float), ``default`` when unset or empty;
+    a value that does not convert or lies outside [minimum, maximum] is refused, naming ``name``."""
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = convert(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ValueError(f"{name} must be {'an integer' if convert is int else 'a number'}, got {raw!r}") from exc
+    if maximum is not None and not (minimum <= value <= maximum):  # also refuses nan
+        raise ValueError(f"{name} must be between {minimum:g} and {maximum:g}, got {value}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _fraction(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {value}")
     return value
 
 
@@ -152,20 +143,20 @@ class Settings:
         return cls(
             env=env,  # type: ignore[arg-type]
             home=Path(e.get("DATAMASTER_HOME", ".datamaster")).absolute(),
-            lambda_max_records=_int(e, "DATAMASTER_LAMBDA_MAX_RECORDS", 100_000, minimum=0),
-            max_attempts=_int(e, "DATAMASTER_MAX_ATTEMPTS", 3, minimum=1),
-            lease_seconds=_int(e, "DATAMASTER_LEASE_SECONDS", 900, minimum=1),
-            batch_max_files=_int(e, "DATAMASTER_BATCH_MAX_FILES", 50, minimum=1),
-            batch_max_bytes=_int(e, "DATAMASTER_BATCH_MAX_BYTES", 512 * 1024 * 1024, minimum=1),
-            landing_page_size=_int(e, "DATAMASTER_LANDING_PAGE_SIZE", 1000, minimum=1),
-            landing_reconcile_every=_int(e, "DATAMASTER_LANDING_RECONCILE_EVERY", 60, minimum=1),
-            bronze_batch_rows=_int(e, "DATAMASTER_BRONZE_BATCH_ROWS", 64 * 1024, minimum=1),
-            reject_rate_threshold=_fraction(e, "DATAMASTER_REJECT_RATE_THRESHOLD", 0.05),
-            emr_min_change_rows=_int(e, "DATAMASTER_EMR_MIN_CHANGE_ROWS", 5_000_000, minimum=0),
-            snapshot_max_age_days=_int(e, "DATAMASTER_SNAPSHOT_MAX_AGE_DAYS", 7, minimum=0),
-            snapshot_retain_last=_int(e, "DATAMASTER_SNAPSHOT_RETAIN_LAST", 5, minimum=1),
+            lambda_max_records=_number(e, "DATAMASTER_LAMBDA_MAX_RECORDS", 100_000, minimum=0),
+            max_attempts=_number(e, "DATAMASTER_MAX_ATTEMPTS", 3, minimum=1),
+            lease_seconds=_number(e, "DATAMASTER_LEASE_SECONDS", 900, minimum=1),
+            batch_max_files=_number(e, "DATAMASTER_BATCH_MAX_FILES", 50, minimum=1),
+            batch_max_bytes=_number(e, "DATAMASTER_BATCH_MAX_BYTES", 512 * 1024 * 1024, minimum=1),
+            landing_page_size=_number(e, "DATAMASTER_LANDING_PAGE_SIZE", 1000, minimum=1),
+            landing_reconcile_every=_number(e, "DATAMASTER_LANDING_RECONCILE_EVERY", 60, minimum=1),
+            bronze_batch_rows=_number(e, "DATAMASTER_BRONZE_BATCH_ROWS", 64 * 1024, minimum=1),
+            reject_rate_threshold=_number(e, "DATAMASTER_REJECT_RATE_THRESHOLD", 0.05, float, 0, 1),
+            emr_min_change_rows=_number(e, "DATAMASTER_EMR_MIN_CHANGE_ROWS", 5_000_000, minimum=0),
+            snapshot_max_age_days=_number(e, "DATAMASTER_SNAPSHOT_MAX_AGE_DAYS", 7, minimum=0),
+            snapshot_retain_last=_number(e, "DATAMASTER_SNAPSHOT_RETAIN_LAST", 5, minimum=1),
             # a younger unreferenced file may belong to a write still running (RetentionPolicy)
-            orphan_min_age_days=_int(e, "DATAMASTER_ORPHAN_MIN_AGE_DAYS", 3, minimum=1),
+            orphan_min_age_days=_number(e, "DATAMASTER_ORPHAN_MIN_AGE_DAYS", 3, minimum=1),
             pii_key=pii_key,
             aws_region=e.get("AWS_REGION", e.get("AWS_DEFAULT_REGION", "us-east-1")),
             raw_bucket=e.get("DATAMASTER_RAW_BUCKET", "datamaster-raw"),
