@@ -64,7 +64,7 @@ def retention_policy(lake: Lake) -> RetentionPolicy:
                            orphan_min_age=timedelta(days=lake.settings.orphan_min_age_days))
 
 
-def lake_tables(lake: Lake) -> list[tuple[str, str]]:
+def lake_tables() -> list[tuple[str, str]]:
     """(layer, name) of every Iceberg table the lake writes."""
     return ([("silver", name) for name in table_names()] + [("silver", REVIEW_FLAT)]
             + [("gold", name) for name in MARTS])
@@ -77,7 +77,7 @@ def maintain_lake(lake: Lake, *, now: datetime | None = None, policy: RetentionP
     now = now or datetime.now(timezone.utc)
     report = MaintenanceReport(policy or retention_policy(lake))
     flat_in_use = review_flat_history_in_use(lake)
-    for layer, name in lake_tables(lake):
+    for layer, name in lake_tables():
         identifier = table_identifier(lake.settings, layer, name)
         try:
             table = lake.catalog.load_table(identifier)
