@@ -45,6 +45,7 @@ from datamaster_assets.transform.gold import (
     PARTITION_COLUMNS,
     MartSpec,
     Month,
+    arrange_mart,
     iter_marts,
     mart_specs,
     months_of,
@@ -429,8 +430,10 @@ def _plan_mart(lake: Lake, spec: MartSpec, flat_table, current: int) -> _MartPla
     return _MartPlan(spec, mart_table, months, started)
 
 
-def _write_mart_files(plan: _MartPlan, rows: pa.Table) -> tuple[list, list[Month], str]:
-    """The data files of a mart's new rows (not committed), the months written and the preview."""
+def _write_mart_files(plan: _MartPlan, result: pa.Table) -> tuple[list, list[Month], str]:
+    """The data files of a mart's query result, arranged (not committed), the months written and
+    the preview."""
+    rows = arrange_mart(plan.spec, result)
     files = write_data_files(plan.table.metadata, plan.table.io, rows)
     months = sorted(plan.months) if plan.months is not None else sorted(months_of(rows))
     return files, months, preview_markdown(plan.spec, rows)
@@ -442,35 +445,46 @@ def _refresh_planned(
     """Compute the planned marts (one DuckDB pass per distinct month set) and replace their months.
 
     Three things overlap: DuckDB computes the marts one after another on a worker thread, each
-    mart's Parquet files are written on another worker thread as soon as its rows exist (both
-    release the GIL for the heavy part), and this thread commits each mart as soon as its files are
-    written (all catalog calls stay on the calling thread). Returns the results and the plans whose
-    commit lost a race with another writer (to be planned again)."""
+    mart's rows are sorted and its Parquet files written on another worker thread as soon as the
+    query returns (both release the GIL for the heavy part), and this thread commits each mart as
+    soon as its files are written, in the order the writes finish (all catalog calls stay on the
+    calling thread). Returns the results and the plans whose commit lost a race with another
+    writer (to be planned again)."""
     by_months: dict[frozenset[Month] | None, list[_MartPlan]] = {}
     for plan in plans:
         by_months.setdefault(None if plan.months is None else frozenset(plan.months), []).append(plan)
-    ready: queue.Queue = queue.Queue()  # (plan, rows, files future) in compute order, then None
+    # (plan, query result, finished write) as each write ends, then the number of marts computed
+    written: queue.Queue = queue.Queue()
     results: dict[str, MartResult] = {}
     conflicts: list[_MartPlan] = []
     with ThreadPoolExecutor(max_workers=len(plans) + 1, thread_name_prefix="gold") as pool:
 
         def compute() -> int:
             started = time.perf_counter()
+            submitted = 0
             try:
                 for group in by_months.values():
                     named = {plan.spec.name: plan for plan in group}
                     for name, rows in iter_marts(flat_rows, group[0].months, sorted(named, key=COMPUTE_ORDER.index)):
-                        ready.put((named[name], rows, pool.submit(_write_mart_files, named[name], rows)))
+                        writing = pool.submit(_write_mart_files, named[name], rows)
+                        writing.add_done_callback(lambda done, p=named[name], r=rows: written.put((p, r, done)))
+                        submitted += 1
             finally:
-                ready.put(None)
+                written.put(submitted)
             return _ms(started)
 
         computing = pool.submit(compute)
-        while (item := ready.get()) is not None:
-            plan, rows, writing = item
+        computed, handled = None, 0
+        while computed is None or handled < computed:
             step = time.perf_counter()
-            files, months, preview = writing.result()
+            item = written.get()
             durations["wait_for_files"] = durations.get("wait_for_files", 0) + _ms(step)
+            if isinstance(item, int):
+                computed = item
+                continue
+            handled += 1
+            plan, rows, writing = item
+            files, months, preview = writing.result()
             step = time.perf_counter()
             properties = {
                 PROP_SOURCE_SNAPSHOT: str(current),

@@ -115,6 +115,27 @@ def test_mart_files_are_snappy_with_bounds_only_on_partition_columns(lake):
     assert set(zip(rows["review_year"].to_pylist(), rows["review_month"].to_pylist())) == {(2010, 2)}
 
 
+def rank_key(spec, row: dict) -> tuple:
+    """A mart row's place in its month: the spec's rank, nulls last, written out in Python (every
+    descending rank column is numeric)."""
+    return tuple((1, 0) if row[c] is None else (0, -row[c] if d == "descending" else row[c]) for c, d in spec.rank)
+
+
+def test_each_month_file_holds_its_rows_in_rank_order(lake):
+    # The ranking is applied on the writer threads, apart from the query (arrange_mart).
+    build_and_refresh(lake, review_rows())
+    for name, spec in MARTS.items():
+        table = lake.catalog.load_table(table_identifier(lake.settings, "gold", name))
+        files = table.inspect.files().to_pylist()
+        assert files, name
+        for entry in files:
+            rows = pq.read_table(entry["file_path"].removeprefix("file://")).to_pylist()
+            assert rows, name
+            assert {(r["review_year"], r["review_month"]) for r in rows} == {
+                (entry["partition"]["review_year"], entry["partition"]["review_month"])}
+            assert [r[spec.grain[0]] for r in rows] == [r[spec.grain[0]] for r in sorted(rows, key=lambda r: rank_key(spec, r))], name
+
+
 def test_running_twice_changes_nothing(lake):
     rows = review_rows()
     build_and_refresh(lake, rows)
