@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from datamaster_assets.cli import main
-from datamaster_assets.runtime import transparent_huge_pages_enabled
+from datamaster_assets.runtime import YOUNG_GC_THRESHOLD, relax_young_garbage_collection, transparent_huge_pages_enabled
 from datamaster_assets.settings import transparent_huge_pages_mode
 
 # Prints THP_enabled of the process after the entry point ran, then of a child it starts.
@@ -70,3 +70,29 @@ def test_cli_names_a_bad_value():
     result = CliRunner().invoke(main, ["status"], env={"DATAMASTER_TRANSPARENT_HUGE_PAGES": "sometimes"})
     assert result.exit_code == 1
     assert "DATAMASTER_TRANSPARENT_HUGE_PAGES must be 'disable' or 'system', got 'sometimes'" in result.output
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ((700, 10, 10), (YOUNG_GC_THRESHOLD, 10, 10)),  # Python's default: raised, the older ratios kept
+    ((50_000, 5, 20), (50_000, 5, 20)),  # already higher: left alone
+    ((0, 10, 10), (0, 10, 10)),  # collection disabled by the embedding program: stays disabled
+])
+def test_young_garbage_collection_is_relaxed_never_tightened(before, after):
+    import gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(*before)
+        relax_young_garbage_collection()
+        assert gc.get_threshold() == after
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_tune_process_relaxes_garbage_collection_in_every_mode():
+    for mode in ("disable", "system"):
+        code = ("import gc; from datamaster_assets.runtime import tune_process; "
+                f"tune_process({{'DATAMASTER_TRANSPARENT_HUGE_PAGES': '{mode}'}}); print(gc.get_threshold()[0])")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parents[2])
+        assert int(out.stdout) == YOUNG_GC_THRESHOLD, mode
