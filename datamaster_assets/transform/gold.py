@@ -224,7 +224,8 @@ def compute_marts(
     A month in ``months`` with no reviews simply yields no rows.
     """
     specs = mart_specs(marts)
-    return {name: arrange_mart(MARTS[name], rows) for name, rows in iter_marts(review_flat, months, [s.name for s in specs])}
+    names = [spec.name for spec in specs]
+    return {name: arrange_mart(MARTS[name], rows) for name, rows in iter_marts(review_flat, months, names)}
 
 
 def iter_marts(

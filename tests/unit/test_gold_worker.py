@@ -133,7 +133,8 @@ def test_each_month_file_holds_its_rows_in_rank_order(lake):
             assert rows, name
             assert {(r["review_year"], r["review_month"]) for r in rows} == {
                 (entry["partition"]["review_year"], entry["partition"]["review_month"])}
-            assert [r[spec.grain[0]] for r in rows] == [r[spec.grain[0]] for r in sorted(rows, key=lambda r: rank_key(spec, r))], name
+            ranked = sorted(rows, key=lambda r: rank_key(spec, r))
+            assert [r[spec.grain[0]] for r in rows] == [r[spec.grain[0]] for r in ranked], name
 
 
 def test_running_twice_changes_nothing(lake):
