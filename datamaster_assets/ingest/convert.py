@@ -74,7 +74,7 @@ class _ParquetOutput:
         self._pending: Future | None = None
 
     def _open(self, first: pa.Table | None) -> pq.ParquetWriter:
-        dictionary = list(DICTIONARY_LINEAGE) + (dictionary_columns(first) if first is not None else [])
+        dictionary = list(dict.fromkeys([*DICTIONARY_LINEAGE, *(dictionary_columns(first) if first is not None else [])]))
         return pq.ParquetWriter(
             self.path,
             self.schema,

@@ -62,6 +62,11 @@ def row_ranges(table_metadata, rows: pa.Table) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:]))
 
 
+def _dictionaries_as_values(schema: pa.Schema) -> pa.Schema:
+    """The schema with Arrow dictionary columns as their value type (Iceberg has no dictionaries)."""
+    return pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema])
+
+
 def write_data_files(table_metadata, io, rows: pa.Table) -> list:
     """Write ``rows`` as Parquet data files of the table (not committed), cut by ``row_ranges``;
     several files are written at once.
@@ -94,7 +99,7 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
     properties = table_metadata.properties
     spec, table_schema = table_metadata.spec(), table_metadata.schema()
     file_schema = sanitize_column_names(table_schema)
-    rows_schema = pyarrow_to_schema(rows.schema, name_mapping=table_schema.name_mapping,
+    rows_schema = pyarrow_to_schema(_dictionaries_as_values(rows.schema), name_mapping=table_schema.name_mapping,
                                     format_version=table_metadata.format_version)
     # Column names and Iceberg field ids as the files carry them, converted once for all files.
     format_model = _parquet_format_model()
@@ -103,6 +108,10 @@ def write_data_files(table_metadata, io, rows: pa.Table) -> list:
          for batch in rows.to_batches()]
     )
     writer_kwargs = _get_parquet_writer_kwargs(properties)
+    if any(pa.types.is_dictionary(t) for t in file_rows.schema.types):
+        # Dictionary columns are written as they are (the Parquet column is the value type); the
+        # Arrow schema blob would make readers hand them back as dictionaries.
+        writer_kwargs["store_schema"] = False
     ranges = row_ranges(table_metadata, rows)
     plain: dict = {"use_dictionary": False}
     encodings = plain

@@ -19,11 +19,14 @@ DICTIONARY_SAMPLE_ROWS = 65536
 
 
 def dictionary_columns(table: pa.Table) -> list[str]:
-    """Columns worth dictionary-encoding, judged on the table's first rows."""
+    """Columns worth dictionary-encoding, judged on the table's first rows. Arrow dictionary columns
+    always are: the writer takes their dictionary and indices as they are, where with dictionary
+    encoding off it would first decode them to plain values."""
     out = []
     for name, column in zip(table.column_names, table.columns):
         if pa.types.is_dictionary(column.type):
-            continue  # written as a dictionary anyway
+            out.append(name)
+            continue
         sample = column.slice(0, DICTIONARY_SAMPLE_ROWS)
         if len(sample) and pc.count_distinct(sample, mode="all").as_py() <= DICTIONARY_MAX_DISTINCT_SHARE * len(sample):
             out.append(name)

@@ -10,8 +10,14 @@ Shaped like the source's ``dm_view.review_flat``. Rules:
 - the brewery is the review's own ``brewery_id`` (the review row carries it), not the beer's;
 - ``review_year`` / ``review_month`` are the UTC calendar month of ``review_time``.
 
-The engine is DuckDB over Arrow (zero-copy in, Arrow out): measured faster than polars and
-pyarrow compute for this join at full size (docs/gold.md).
+DuckDB selects the live reviews and their months (zero-copy in, Arrow out). The dimension columns
+are then looked up in Arrow: each review's live dimension row (``index_in`` on the key), the
+numeric attributes taken by that row, and the names, styles and states built as Arrow dictionaries
+over the dimension's distinct values. A full build is 1.59 M reviews over 66 k beers, 5.8 k
+breweries and 33 k reviewers: the dictionaries cost a few milliseconds, where a hash join copied
+five strings into every review row (join CPU 0.72 -> 0.37 s; docs/gold.md). The Parquet writer
+takes the dictionaries as they are (write CPU 0.78 -> 0.65 s, files 38 -> 34 MiB), and DuckDB
+groups the marts over them (marts CPU 1.06 -> 0.96 s).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -51,6 +58,14 @@ REVIEW_FLAT_SCHEMA = pa.schema(
     ]
 )
 
+# Descriptive strings from the dimensions: Arrow dictionaries in what build_review_flat returns
+# (plain strings in the Iceberg table: Parquet stores them dictionary-encoded, readers see strings).
+LABEL_COLUMNS: tuple[str, ...] = ("beer_name", "beer_style", "brewery_name", "profile_name", "state")
+LABEL = pa.dictionary(pa.int32(), pa.string())
+REVIEW_FLAT_BUILT_SCHEMA = pa.schema(
+    [f.with_type(LABEL) if f.name in LABEL_COLUMNS else f for f in REVIEW_FLAT_SCHEMA]
+)
+
 # The silver columns each input must have (more are allowed and ignored).
 REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "review": (
@@ -62,26 +77,24 @@ REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "profile": ("profile_id", "profile_name", "state", "deleted_at"),
 }
 
-_REVIEW_FLAT_SQL = """
+_LIVE_REVIEWS_SQL = """
 SELECT
-    r.review_id,
-    r.review_time,
-    CAST(year(r.review_time AT TIME ZONE 'UTC') AS INTEGER) AS review_year,
-    CAST(month(r.review_time AT TIME ZONE 'UTC') AS INTEGER) AS review_month,
-    r.review_overall, r.review_aroma, r.review_appearance, r.review_palate, r.review_taste,
-    r.beer_id, b.beer_name, b.beer_style, b.beer_abv,
-    r.brewery_id, br.brewery_name,
-    r.profile_id, p.profile_name, p.state,
-    r.created_at, r.updated_at
-FROM review AS r
-LEFT JOIN (SELECT beer_id, beer_name, beer_style, beer_abv FROM beer WHERE deleted_at IS NULL) AS b
-    ON b.beer_id = r.beer_id
-LEFT JOIN (SELECT brewery_id, brewery_name FROM brewery WHERE deleted_at IS NULL) AS br
-    ON br.brewery_id = r.brewery_id
-LEFT JOIN (SELECT profile_id, profile_name, state FROM profile WHERE deleted_at IS NULL) AS p
-    ON p.profile_id = r.profile_id
-WHERE r.deleted_at IS NULL
+    review_id,
+    review_time,
+    CAST(year(review_time AT TIME ZONE 'UTC') AS INTEGER) AS review_year,
+    CAST(month(review_time AT TIME ZONE 'UTC') AS INTEGER) AS review_month,
+    review_overall, review_aroma, review_appearance, review_palate, review_taste,
+    beer_id, brewery_id, profile_id, created_at, updated_at
+FROM review
+WHERE deleted_at IS NULL
 """
+
+# Each dimension: its key (also a review column) and the review_flat columns taken from its live row.
+_DIMENSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "beer": ("beer_id", ("beer_name", "beer_style", "beer_abv")),
+    "brewery": ("brewery_id", ("brewery_name",)),
+    "profile": ("profile_id", ("profile_name", "state")),
+}
 
 
 class ReviewFlatInputError(ValueError):
@@ -123,23 +136,52 @@ def arrow_of(result: duckdb.DuckDBPyRelation) -> pa.Table:
 
 
 def build_review_flat(review: pa.Table, beer: pa.Table, brewery: pa.Table, profile: pa.Table) -> pa.Table:
-    """review_flat from the four silver tables (soft-deleted rows included in the inputs)."""
+    """review_flat from the four silver tables (soft-deleted rows included in the inputs), with
+    REVIEW_FLAT_BUILT_SCHEMA: the label columns are Arrow dictionaries."""
     tables = {"review": review, "beer": beer, "brewery": brewery, "profile": profile}
     check_inputs(tables)
     con = duckdb_connection()
     try:
-        for name, table in tables.items():
-            con.register(name, table.select(list(REQUIRED_INPUT_COLUMNS[name])))
-        flat = arrow_of(con.sql(_REVIEW_FLAT_SQL))
-        live_reviews = con.execute("SELECT count(*) FROM review WHERE deleted_at IS NULL").fetchone()[0]
+        con.register("review", review.select(list(REQUIRED_INPUT_COLUMNS["review"])))
+        reviews = arrow_of(con.sql(_LIVE_REVIEWS_SQL))
     finally:
         con.close()
-    if flat.num_rows != live_reviews:
+    columns = {name: reviews[name] for name in reviews.column_names}
+    for name, (key, attributes) in _DIMENSIONS.items():
+        live = _live_rows(name, key, tables[name])
+        rows = pc.index_in(reviews[key], value_set=live[key], skip_nulls=True)  # null: no live row
+        for attribute in attributes:
+            columns[attribute] = _looked_up(live[attribute], rows, REVIEW_FLAT_BUILT_SCHEMA.field(attribute).type)
+    return pa.table(
+        [columns[f.name].cast(f.type) for f in REVIEW_FLAT_BUILT_SCHEMA], schema=REVIEW_FLAT_BUILT_SCHEMA
+    )
+
+
+def _live_rows(name: str, key: str, table: pa.Table) -> pa.Table:
+    """A dimension's live rows; refused when a key has more than one (which row would a review get?)."""
+    live = table.filter(pc.is_null(table["deleted_at"]))
+    keys = live[key].drop_null()
+    if pc.count_distinct(keys).as_py() != len(keys):
+        counts = pc.value_counts(keys)
+        duplicated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))[:5].to_pylist()
         raise ReviewFlatInputError(
-            f"review_flat has {flat.num_rows} rows for {live_reviews} live reviews: a dimension has "
-            "duplicate live keys (silver.beer/brewery/profile must be unique per key)"
+            f"silver.{name} has duplicate live keys ({key} {duplicated}): silver.beer/brewery/profile "
+            "must be unique per key"
         )
-    return flat.cast(REVIEW_FLAT_SCHEMA)
+    return live
+
+
+def _looked_up(values: pa.ChunkedArray, rows: pa.ChunkedArray, out_type: pa.DataType) -> pa.ChunkedArray:
+    """``values`` at ``rows`` (null where the row is null); a dictionary over the distinct values
+    when ``out_type`` is one, so no string is copied per review."""
+    if not pa.types.is_dictionary(out_type):
+        return pc.take(values, rows)
+    encoded = pc.dictionary_encode(values.combine_chunks())  # one dictionary for every chunk
+    dictionary = encoded.dictionary.cast(out_type.value_type)
+    indices = pc.take(encoded.indices, rows).cast(out_type.index_type)
+    return pa.chunked_array(
+        [pa.DictionaryArray.from_arrays(chunk, dictionary) for chunk in indices.chunks], type=out_type
+    )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +19,7 @@ from datamaster_assets.transform.gold import (
     preview_markdown,
 )
 from datamaster_assets.transform.review_flat import (
+    REVIEW_FLAT_BUILT_SCHEMA,
     REVIEW_FLAT_SCHEMA,
     ReviewFlatInputError,
     build_review_flat,
@@ -71,7 +74,8 @@ def tables() -> dict[str, pa.Table]:
 
 def test_review_flat_excludes_deleted_reviews_and_nulls_deleted_dimensions(tables):
     flat = flat_of(tables)
-    assert flat.schema == REVIEW_FLAT_SCHEMA
+    assert flat.schema == REVIEW_FLAT_BUILT_SCHEMA
+    assert flat.cast(REVIEW_FLAT_SCHEMA).schema == REVIEW_FLAT_SCHEMA  # the labels are dictionaries of strings
     live = tables["review"].filter(pc.is_null(tables["review"]["deleted_at"]))
     assert sorted(flat["review_id"].to_pylist()) == sorted(live["review_id"].to_pylist())
     rows = {r["review_id"]: r for r in flat.to_pylist()}
@@ -177,8 +181,14 @@ def test_missing_input_column_is_named():
 def test_duplicate_live_dimension_keys_are_refused():
     tables = silver_set()
     doubled = pa.concat_tables([tables["beer"], tables["beer"].slice(0, 1)])
-    with pytest.raises(ReviewFlatInputError, match="duplicate live keys"):
+    first = tables["beer"]["beer_id"][0].as_py()
+    with pytest.raises(ReviewFlatInputError, match=rf"silver.beer has duplicate live keys \(beer_id \[{first}\]\)"):
         build_review_flat(tables["review"], doubled, tables["brewery"], tables["profile"])
+    # A deleted row next to the live one is history, not a duplicate.
+    deleted_at = doubled.schema.field("deleted_at").type
+    history = doubled.set_column(doubled.schema.get_field_index("deleted_at"), "deleted_at", pa.concat_arrays(
+        [tables["beer"]["deleted_at"].combine_chunks(), pa.array([datetime(2024, 2, 1, tzinfo=timezone.utc)], deleted_at)]))
+    assert build_review_flat(tables["review"], history, tables["brewery"], tables["profile"]).equals(flat_of(tables))
 
 
 # ---- diff_review_flat -----------------------------------------------------------------------------

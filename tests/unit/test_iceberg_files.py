@@ -132,3 +132,43 @@ def test_partition_path_quotes_names_and_values_like_pyiceberg():
     value = "Müller & Söhne/Bräu=1"
     assert iceberg_files._partition_path(by_name, types, [value]) == by_name.partition_to_path(Record(value), SCHEMA)
     assert "/" not in iceberg_files._partition_path(by_name, types, [value])
+
+
+def test_dictionary_columns_are_written_as_dictionaries_and_read_back_as_strings(tmp_path, monkeypatch):
+    import warnings
+
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.expressions import AlwaysTrue
+
+    from datamaster_assets.lake.catalog import iceberg_schema
+    from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
+
+    n = 2000
+    names = pa.array([f"brewer {i}" for i in range(n)])  # as many distinct values as rows
+    data = pa.table({
+        "id": pa.array(range(n), pa.int64()),
+        "name": pa.DictionaryArray.from_arrays(pa.array([*range(n)][::-1], pa.int32()), names),
+        "style": pa.DictionaryArray.from_arrays(pa.array([i % 3 if i % 7 else None for i in range(n)], pa.int32()),
+                                                pa.array(["IPA", "Stout", "Lager"])),
+    })
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
+    catalog.create_namespace("s")
+    table = catalog.create_table("s.r", schema=iceberg_schema(data.schema.set(1, pa.field("name", pa.string()))
+                                                             .set(2, pa.field("style", pa.string()))))
+    monkeypatch.setattr(iceberg_files, "DICTIONARY_ROWS_MIN", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pyiceberg warns on dictionary types it has to guess
+        files = write_data_files(table.metadata, table.io, data)
+    commit_replacement(table, files, AlwaysTrue(), {})
+
+    parquet = pq.ParquetFile(files[0].file_path.removeprefix("file://"))
+    assert b"ARROW:schema" not in (parquet.metadata.metadata or {})
+    encodings = {parquet.metadata.row_group(0).column(i).path_in_schema: set(parquet.metadata.row_group(0).column(i).encodings)
+                 for i in range(parquet.metadata.num_columns)}
+    # Near-unique, yet dictionary-encoded: the writer took the dictionary instead of decoding it.
+    assert any("DICTIONARY" in e for e in encodings["name"]) and any("DICTIONARY" in e for e in encodings["style"])
+    stored = table.refresh().scan().to_arrow().sort_by("id")
+    assert stored.schema.field("name").type == pa.string() and stored.schema.field("style").type == pa.string()
+    assert stored["name"].to_pylist() == [f"brewer {n - 1 - i}" for i in range(n)]
+    assert stored["style"].to_pylist() == [["IPA", "Stout", "Lager"][i % 3] if i % 7 else None for i in range(n)]
+    assert files[0].null_value_counts[table.schema().find_field("style").field_id] == len(range(0, n, 7))
