@@ -264,3 +264,22 @@ def test_measurements_side_by_side_alternate_and_a_slow_reference_runs_once(tmp_
     assert len(jobs[2].m.notes) == 1 and jobs[2].m.notes[0].startswith("measured once: one run takes")
     assert not jobs[0].m.notes and not jobs[4].m.notes  # never cut short, however slow
     assert [m.name for m in bench.measurements] == ["ours", "floor", "slow_ref", "heavy_ref", "target_ref"]
+
+
+def test_restoring_a_lake_sets_the_previous_one_aside_instead_of_deleting_it(tmp_path):
+    from datamaster_assets.bench.harness import Bench
+
+    bench = Bench(None, tmp_path / "work", runs=1, spark=False, spark_note="")
+    bench.lake_dir.mkdir()
+    (bench.lake_dir / "table.parquet").write_text("snapshot")
+    bench.snapshot("input")
+    (bench.lake_dir / "written-by-the-run.parquet").write_text("run 1")
+    bench.restore("input")
+    assert sorted(p.name for p in bench.lake_dir.iterdir()) == ["table.parquet"]
+    bench.restore("input")
+    bench.fresh_lake()
+    assert not (bench.lake_dir / "table.parquet").exists()  # a new, empty lake
+    aside = sorted(bench.set_aside.iterdir(), key=lambda p: int(p.name))
+    assert [sorted(p.name for p in d.iterdir()) for d in aside] == [
+        ["table.parquet", "written-by-the-run.parquet"], ["table.parquet"], ["table.parquet"]]
+    assert aside[0].parent.parent == bench.workdir  # removed with the work directory
