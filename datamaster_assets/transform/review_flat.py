@@ -10,8 +10,8 @@ Shaped like the source's ``dm_view.review_flat``. Rules:
 - the brewery is the review's own ``brewery_id`` (the review row carries it), not the beer's;
 - ``review_year`` / ``review_month`` are the UTC calendar month of ``review_time``.
 
-DuckDB selects the live reviews and their months (zero-copy in, Arrow out). The dimension columns
-are then looked up in Arrow: each review's live dimension row (``index_in`` on the key), the
+All in Arrow: the live reviews and their UTC months, then each review's live dimension row
+(``index_in`` on the key), the
 numeric attributes taken by that row, and the names, styles and states built as Arrow dictionaries
 over the dimension's distinct values. A full build is 1.59 M reviews over 66 k beers, 5.8 k
 breweries and 33 k reviewers: the dictionaries cost a few milliseconds, where a hash join copied
@@ -77,18 +77,6 @@ REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "profile": ("profile_id", "profile_name", "state", "deleted_at"),
 }
 
-_LIVE_REVIEWS_SQL = """
-SELECT
-    review_id,
-    review_time,
-    CAST(year(review_time AT TIME ZONE 'UTC') AS INTEGER) AS review_year,
-    CAST(month(review_time AT TIME ZONE 'UTC') AS INTEGER) AS review_month,
-    review_overall, review_aroma, review_appearance, review_palate, review_taste,
-    beer_id, brewery_id, profile_id, created_at, updated_at
-FROM review
-WHERE deleted_at IS NULL
-"""
-
 # Each dimension: its key (also a review column) and the review_flat columns taken from its live row.
 _DIMENSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "beer": ("beer_id", ("beer_name", "beer_style", "beer_abv")),
@@ -140,13 +128,11 @@ def build_review_flat(review: pa.Table, beer: pa.Table, brewery: pa.Table, profi
     REVIEW_FLAT_BUILT_SCHEMA: the label columns are Arrow dictionaries."""
     tables = {"review": review, "beer": beer, "brewery": brewery, "profile": profile}
     check_inputs(tables)
-    con = duckdb_connection()
-    try:
-        con.register("review", review.select(list(REQUIRED_INPUT_COLUMNS["review"])))
-        reviews = arrow_of(con.sql(_LIVE_REVIEWS_SQL))
-    finally:
-        con.close()
+    reviews = _live(review)
+    review_time = reviews["review_time"].cast(TS)  # the UTC calendar month, whatever zone it came in
     columns = {name: reviews[name] for name in reviews.column_names}
+    columns["review_year"] = pc.year(review_time)
+    columns["review_month"] = pc.month(review_time)
     for name, (key, attributes) in _DIMENSIONS.items():
         live = _live_rows(name, key, tables[name])
         rows = pc.index_in(reviews[key], value_set=live[key], skip_nulls=True)  # null: no live row
@@ -157,9 +143,16 @@ def build_review_flat(review: pa.Table, beer: pa.Table, brewery: pa.Table, profi
     )
 
 
+def _live(table: pa.Table) -> pa.Table:
+    """The rows without ``deleted_at`` (the table itself when none is deleted: no copy)."""
+    if table["deleted_at"].null_count == table.num_rows:
+        return table
+    return table.filter(pc.is_null(table["deleted_at"]))
+
+
 def _live_rows(name: str, key: str, table: pa.Table) -> pa.Table:
     """A dimension's live rows; refused when a key has more than one (which row would a review get?)."""
-    live = table.filter(pc.is_null(table["deleted_at"]))
+    live = _live(table)
     keys = live[key].drop_null()
     if pc.count_distinct(keys).as_py() != len(keys):
         counts = pc.value_counts(keys)
