@@ -11,11 +11,11 @@ Shaped like the source's ``dm_view.review_flat``. Rules:
 - ``review_year`` / ``review_month`` are the UTC calendar month of ``review_time``.
 
 All in Arrow: the live reviews and their UTC months, then each review's live dimension row
-(``index_in`` on the key), the
-numeric attributes taken by that row, and the names, styles and states built as Arrow dictionaries
-over the dimension's distinct values. A full build is 1.59 M reviews over 66 k beers, 5.8 k
-breweries and 33 k reviewers: the dictionaries cost a few milliseconds, where a hash join copied
-five strings into every review row (join CPU 0.72 -> 0.37 s; docs/gold.md). The Parquet writer
+(``index_in`` on the key), the numeric attributes taken from that row, and the names, styles and
+states as Arrow dictionaries over the dimension's distinct values. A full build is 1.59 M reviews
+over 66 k beers, 5.8 k breweries and 33 k reviewers: the dictionaries cost a few milliseconds,
+where DuckDB's hash join copied five strings into every review row (join CPU 0.72 -> 0.37 s;
+docs/gold.md). The Parquet writer
 takes the dictionaries as they are (write CPU 0.78 -> 0.65 s, files 38 -> 34 MiB), and DuckDB
 groups the marts over them (marts CPU 1.06 -> 0.96 s).
 """
