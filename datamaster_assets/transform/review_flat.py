@@ -58,13 +58,21 @@ REVIEW_FLAT_SCHEMA = pa.schema(
     ]
 )
 
-# Descriptive strings from the dimensions: Arrow dictionaries in what build_review_flat returns
-# (plain strings in the Iceberg table: Parquet stores them dictionary-encoded, readers see strings).
-LABEL_COLUMNS: tuple[str, ...] = ("beer_name", "beer_style", "brewery_name", "profile_name", "state")
+# Each dimension: its key (also a review column) and the review_flat columns taken from its live row.
+_DIMENSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "beer": ("beer_id", ("beer_name", "beer_style", "beer_abv")),
+    "brewery": ("brewery_id", ("brewery_name",)),
+    "profile": ("profile_id", ("profile_name", "state")),
+}
+
+# The dimensions' strings (names, style, state) are Arrow dictionaries in what build_review_flat
+# returns; plain strings in the Iceberg table (Parquet stores them dictionary-encoded).
 LABEL = pa.dictionary(pa.int32(), pa.string())
-REVIEW_FLAT_BUILT_SCHEMA = pa.schema(
-    [f.with_type(LABEL) if f.name in LABEL_COLUMNS else f for f in REVIEW_FLAT_SCHEMA]
-)
+REVIEW_FLAT_BUILT_SCHEMA = pa.schema([
+    f.with_type(LABEL)
+    if pa.types.is_string(f.type) and any(f.name in columns for _, columns in _DIMENSIONS.values()) else f
+    for f in REVIEW_FLAT_SCHEMA
+])
 
 # The silver columns each input must have (more are allowed and ignored).
 REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -76,14 +84,6 @@ REQUIRED_INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "brewery": ("brewery_id", "brewery_name", "deleted_at"),
     "profile": ("profile_id", "profile_name", "state", "deleted_at"),
 }
-
-# Each dimension: its key (also a review column) and the review_flat columns taken from its live row.
-_DIMENSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "beer": ("beer_id", ("beer_name", "beer_style", "beer_abv")),
-    "brewery": ("brewery_id", ("brewery_name",)),
-    "profile": ("profile_id", ("profile_name", "state")),
-}
-
 
 class ReviewFlatInputError(ValueError):
     """A silver input table lacks a column review_flat needs, or has duplicate live keys."""
