@@ -10,6 +10,7 @@ runs against a moto server in tests).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Mapping
 
@@ -186,6 +187,29 @@ def evolve_schema(table: "Table", identifier: str, arrow_schema: pa.Schema, key:
         for field in widened:
             update.update_column(field.name, field_type=field.field_type)
     return [f.name for f in added + widened]
+
+
+# pyiceberg logs this warning for every data file read with ``dictionary_columns``, although
+# dictionaries are what the caller asked for.
+_DICTIONARY_NOTICE = "Iceberg does not have a dictionary type"
+
+
+def _not_dictionary_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_DICTIONARY_NOTICE)
+
+
+def scan_to_arrow(table: "Table", *, dictionary_columns: tuple[str, ...] = ()) -> pa.Table:
+    """The current snapshot of ``table`` as one Arrow table. ``dictionary_columns`` (strings with few
+    distinct values) come back as Arrow dictionaries, as the Parquet files store them, instead of
+    one string per row."""
+    if not dictionary_columns:
+        return table.scan().to_arrow()
+    notices = logging.getLogger("pyiceberg.io.pyarrow")
+    notices.addFilter(_not_dictionary_notice)
+    try:
+        return table.scan().to_arrow(dictionary_columns=dictionary_columns)
+    finally:
+        notices.removeFilter(_not_dictionary_notice)
 
 
 def read_iceberg_table(catalog: Catalog, identifier: str) -> pa.Table | None:

@@ -189,12 +189,9 @@ def _data_file_name(partition_path: str | None, task_id: int, write_uuid: uuid.U
 
 
 def _parquet_format_model() -> dict:
-    """pyiceberg 0.12 puts the field ids in through a file format model, and ``_to_requested_schema``
-    refuses ``include_field_ids`` without one; 0.11 has no such argument (it always wrote Parquet ids)."""
-    try:
-        from pyiceberg.io.fileformat import FileFormatFactory
-    except ImportError:  # pyiceberg < 0.12
-        return {}
+    """pyiceberg puts the field ids in through a file format model: ``_to_requested_schema``
+    refuses ``include_field_ids`` without one."""
+    from pyiceberg.io.fileformat import FileFormatFactory
     from pyiceberg.manifest import FileFormat
 
     return {"format_model": FileFormatFactory.get(FileFormat.PARQUET)}
@@ -204,8 +201,7 @@ def commit_replacement(table, files: list, delete_filter: BooleanExpression, pro
     """One transaction: delete what ``delete_filter`` matches, add ``files``. Both snapshots carry
     ``properties``. Raises CommitFailedException when another writer's commit gets in the way.
 
-    pyiceberg 0.11 raises CommitFailedException as soon as the table changed since it was loaded.
-    0.12 retries the commit itself on top of the other writer's, after checking (serializable
+    pyiceberg retries the commit itself on top of another writer's, after checking (serializable
     isolation) that the other writer added or removed nothing ``delete_filter`` matches, and raises
     ValidationException when it did: the same conflict, so it is raised as CommitFailedException.
 

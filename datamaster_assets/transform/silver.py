@@ -38,6 +38,11 @@ CHANGE_ORDER = ("_change_ts", "_change_seq", "_source_key", "_source_line")
 # needed, so the worker does not even read them from the Parquet files).
 MERGE_LINEAGE = ("_op",) + CHANGE_ORDER
 MAX_CHUNKS = 64  # above this many chunks in a column, tables are made contiguous (_bounded_chunks)
+# Watermark columns the merge holds as Arrow dictionaries: ``_source_key`` repeats one bronze key
+# per file across the whole table, so ~1.6 M rows carry 6 MB of int32 indices instead of ~90 MB of
+# strings to read, reorder and write (docs/silver.md, "Speed").
+DICTIONARY_COLUMNS = ("_source_key",)
+DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
 
 
 def change_schema(contract: Contract) -> pa.Schema:
@@ -56,6 +61,15 @@ def silver_schema(contract: Contract) -> pa.Schema:
         pa.field("_source_key", pa.string()),
     ]
     return pa.schema(fields)
+
+
+def merge_schema(contract: Contract) -> pa.Schema:
+    """``silver_schema`` as the merge holds it: DICTIONARY_COLUMNS as dictionaries of their strings."""
+    schema = silver_schema(contract)
+    for name in DICTIONARY_COLUMNS:
+        at = schema.get_field_index(name)
+        schema = schema.set(at, schema.field(at).with_type(DICTIONARY_STRING))
+    return schema
 
 
 # What happened to each change row: exactly one of these. The last six describe the final change
@@ -78,6 +92,7 @@ class MergeResult:
     table: pa.Table  # the complete new silver table (at most MAX_CHUNKS chunks per column)
     outcomes: np.ndarray = field(repr=False)  # int8 code (index into OUTCOMES) per input change row
     affected_keys: pa.Table = field(repr=False)  # primary keys of every row written
+    written: pa.Table = field(repr=False)  # the rows written (inserted, updated or deleted), in key order when sorted
 
     def counts(self, rows: slice | None = None) -> dict[str, int]:
         """Change rows per outcome, for all changes or for a slice of them (e.g. one input file)."""
@@ -280,7 +295,7 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
     With the changes in order, the result equals applying them one at a time in CHANGE_ORDER and
     skipping every change that is not newer than the row's stored watermark.
     """
-    schema = silver_schema(contract)
+    schema = merge_schema(contract)
     key = contract.primary_key
     current = schema.empty_table() if current is None else current.select(schema.names).cast(schema)
     changes = conform_changes(changes, contract)
@@ -369,7 +384,7 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
     written = pa.concat_tables([written_up, written_dl])
     touched = np.zeros(current.num_rows, dtype=bool)
     touched[pos.drop_null().to_numpy()] = True
-    table = _assemble(current, touched, written, key, sorted_keys)
+    table = _without_unused_values(_assemble(current, touched, written, key, sorted_keys))
 
     outcomes = np.full(changes.num_rows, _CODE["stale_ignored"], dtype=np.int8)
     outcomes[fresh_rows] = _CODE["superseded"]
@@ -384,7 +399,7 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
     )
     outcomes[_where_np(latest_rows, is_upsert, n_upsert)] = up_code
     outcomes[_where_np(latest_rows, is_delete, n_delete)] = dl_code
-    return MergeResult(table=table, outcomes=outcomes, affected_keys=written.select(key))
+    return MergeResult(table=table, outcomes=outcomes, affected_keys=written.select(key), written=written)
 
 
 def _assemble(current: pa.Table, touched: np.ndarray, written: pa.Table, key: tuple[str, ...],
@@ -416,6 +431,31 @@ def _assemble(current: pa.Table, touched: np.ndarray, written: pa.Table, key: tu
     return table
 
 
+def _without_unused_values(table: pa.Table) -> pa.Table:
+    """DICTIONARY_COLUMNS without the dictionary values no row refers to any more (a bronze file
+    whose rows were all replaced). Parquet stores a dictionary column's values as given, used or
+    not, and the next merge reads them back, so they would pile up with every file merged."""
+    for name in DICTIONARY_COLUMNS:
+        at = table.schema.get_field_index(name)
+        if at < 0 or not pa.types.is_dictionary(table.schema.field(at).type):
+            continue
+        column = table.column(at)
+        chunks = [_compact_dictionary(chunk) for chunk in column.chunks]
+        if any(new is not old for new, old in zip(chunks, column.chunks)):
+            table = table.set_column(at, table.field(at), pa.chunked_array(chunks, column.type))
+    return table
+
+
+def _compact_dictionary(values: pa.DictionaryArray) -> pa.DictionaryArray:
+    used = np.sort(pc.unique(values.indices).drop_null().to_numpy())
+    if used.size == len(values.dictionary):
+        return values
+    renumber = np.zeros(len(values.dictionary), dtype=values.type.index_type.to_pandas_dtype())
+    renumber[used] = np.arange(used.size)
+    indices = pc.take(pa.array(renumber), values.indices)  # null indices stay null
+    return pa.DictionaryArray.from_arrays(indices, values.dictionary.take(pa.array(used)))
+
+
 def _bools(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(_array(mask).to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -425,7 +465,11 @@ def _where_np(rows: np.ndarray, mask: pa.Array, selected: int) -> np.ndarray:
 
 
 def _table(columns: dict, schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+    return pa.Table.from_arrays([_as_type(columns[f.name], f.type) for f in schema], schema=schema)
+
+
+def _as_type(values: pa.Array | pa.ChunkedArray, type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    return values if values.type == type_ else values.cast(type_)
 
 
 def _bounded_chunks(table: pa.Table) -> pa.Table:

@@ -24,12 +24,19 @@ from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue
 
 from datamaster_assets.contracts import Contract, get_contract
-from datamaster_assets.lake.catalog import evolve_schema, load_or_create_table, read_table, table_identifier
+from datamaster_assets.lake.catalog import (
+    evolve_schema,
+    load_or_create_table,
+    read_table,
+    scan_to_arrow,
+    table_identifier,
+)
 from datamaster_assets.lake.factory import Lake
 from datamaster_assets.lake.iceberg_files import commit_replacement, write_data_files
 from datamaster_assets.lake.ledger import Layer, LedgerItem, LeaseLost
 from datamaster_assets.lake.objectstore import ObjectStore
 from datamaster_assets.transform.silver import (
+    DICTIONARY_COLUMNS,
     OUTCOMES,
     MergeResult,
     change_schema,
@@ -152,7 +159,8 @@ def commit_merge(
     for attempt in range(1, attempts + 1):
         try:
             table = prepare_silver_table(catalog, identifier, contract)
-            current = table.scan().to_arrow() if table.current_snapshot() is not None else None
+            current = (scan_to_arrow(table, dictionary_columns=DICTIONARY_COLUMNS)
+                       if table.current_snapshot() is not None else None)
             merged = merge_changes(current, changes, contract)
             if not merged.changed:
                 snapshot = table.current_snapshot()
@@ -329,7 +337,7 @@ def _preview(merge: MergeResult, result: SilverApplyResult) -> str:
     """Outcome counts and a few of the rows this merge wrote, as Markdown."""
     lines = ["| outcome | change rows |", "|---|---|"]
     lines += [f"| {name} | {n:,} |" for name, n in result.counts.items() if n]
-    written = merge.table.slice(merge.table.num_rows - merge.affected_keys.num_rows) if merge.changed else None
+    written = merge.written if merge.changed else None
     if written is not None and written.num_rows:
         sample = written.slice(0, PREVIEW_ROWS)
         names = [c for c in sample.column_names if not c.startswith("_")]

@@ -58,6 +58,20 @@ def test_schema_has_audit_and_watermark_columns_and_required_key():
     assert silver_schema(get_contract("review")).field("review_time").type == pa.timestamp("us", tz="UTC")
 
 
+def test_source_key_is_a_dictionary_of_the_files_rows_still_come_from():
+    insert = [{"op": "insert", "t": 1, "brewery_id": i, "brewery_name": f"b{i}"} for i in (1, 2, 3)]
+    table, _ = apply(insert, [{"op": "update", "t": 2, "brewery_id": 2, "brewery_name": "x"}],
+                     [{"op": "update", "t": 3, "brewery_id": i, "brewery_name": "y"} for i in (1, 3)])
+    source = table["_source_key"]
+    assert source.type == pa.dictionary(pa.int32(), pa.string())
+    assert dict(zip(table["brewery_id"].to_pylist(), source.to_pylist())) == {
+        1: "raw/brewery/f2.json.gz", 2: "raw/brewery/f1.json.gz", 3: "raw/brewery/f2.json.gz"}
+    # f0 no longer supplies any row: its key is gone from the dictionary, not just unreferenced
+    assert sorted(v for chunk in source.chunks for v in chunk.dictionary.to_pylist()) == [
+        "raw/brewery/f1.json.gz", "raw/brewery/f2.json.gz"]
+    assert table.cast(silver_schema(BREWERY)).schema == silver_schema(BREWERY)
+
+
 def test_insert_update_delete_within_one_file():
     table, (r,) = apply([
         {"op": "insert", "t": 1, "brewery_id": 1, "brewery_name": "A"},
