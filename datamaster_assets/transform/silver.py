@@ -40,7 +40,7 @@ MERGE_LINEAGE = ("_op",) + CHANGE_ORDER
 MAX_CHUNKS = 64  # above this many chunks in a column, tables are made contiguous (_bounded_chunks)
 # Watermark columns the merge holds as Arrow dictionaries: ``_source_key`` repeats one bronze key
 # per file across the whole table, so ~1.6 M rows carry 6 MB of int32 indices instead of ~90 MB of
-# strings to read, reorder and write (docs/silver.md, "Speed").
+# strings to read, reorder and write (docs/silver.md, "Table layout").
 DICTIONARY_COLUMNS = ("_source_key",)
 DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
 
@@ -89,10 +89,10 @@ _CODE = {name: i for i, name in enumerate(OUTCOMES)}
 
 @dataclass(frozen=True)
 class MergeResult:
-    table: pa.Table  # the complete new silver table (at most MAX_CHUNKS chunks per column)
+    table: pa.Table  # the complete new silver table, ``merge_schema`` (at most MAX_CHUNKS chunks per column)
     outcomes: np.ndarray = field(repr=False)  # int8 code (index into OUTCOMES) per input change row
     affected_keys: pa.Table = field(repr=False)  # primary keys of every row written
-    written: pa.Table = field(repr=False)  # the rows written (inserted, updated or deleted), in key order when sorted
+    written: pa.Table = field(repr=False)  # the rows written: final upserts, then final deletes
 
     def counts(self, rows: slice | None = None) -> dict[str, int]:
         """Change rows per outcome, for all changes or for a slice of them (e.g. one input file)."""
