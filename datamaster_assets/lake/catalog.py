@@ -218,7 +218,7 @@ def read_iceberg_table(catalog: Catalog, identifier: str) -> pa.Table | None:
         table = catalog.load_table(identifier)
     except NoSuchTableError:
         return None
-    return table.scan().to_arrow()
+    return scan_to_arrow(table)
 
 
 def read_table(lake: "Lake", layer: str, name: str) -> pa.Table | None:
