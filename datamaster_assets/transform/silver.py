@@ -91,7 +91,6 @@ _CODE = {name: i for i, name in enumerate(OUTCOMES)}
 class MergeResult:
     table: pa.Table  # the complete new silver table, ``merge_schema`` (at most MAX_CHUNKS chunks per column)
     outcomes: np.ndarray = field(repr=False)  # int8 code (index into OUTCOMES) per input change row
-    affected_keys: pa.Table = field(repr=False)  # primary keys of every row written
     written: pa.Table = field(repr=False)  # the rows written: final upserts, then final deletes
 
     def counts(self, rows: slice | None = None) -> dict[str, int]:
@@ -399,7 +398,7 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
     )
     outcomes[_where_np(latest_rows, is_upsert, n_upsert)] = up_code
     outcomes[_where_np(latest_rows, is_delete, n_delete)] = dl_code
-    return MergeResult(table=table, outcomes=outcomes, affected_keys=written.select(key), written=written)
+    return MergeResult(table=table, outcomes=outcomes, written=written)
 
 
 def _assemble(current: pa.Table, touched: np.ndarray, written: pa.Table, key: tuple[str, ...],

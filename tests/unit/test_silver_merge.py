@@ -202,10 +202,10 @@ def test_tombstone_protects_against_an_older_insert():
     assert r1.counts()["tombstoned"] == 1 and r2.counts()["stale_ignored"] == 1
 
 
-def test_affected_keys_and_unchanged_rows_kept():
+def test_written_rows_and_unchanged_rows_kept():
     base, _ = apply([{"op": "insert", "t": 1, "brewery_id": i, "brewery_name": str(i)} for i in range(1, 4)])
     table, (r,) = apply([{"op": "update", "t": 2, "brewery_id": 2, "brewery_name": "two"}], start=base)
-    assert r.affected_keys["brewery_id"].to_pylist() == [2]
+    assert r.written["brewery_id"].to_pylist() == [2]
     assert state(table) == {1: ("1", 1, 1, None, 1), 2: ("two", 1, 2, None, 2), 3: ("3", 1, 1, None, 1)}
     assert table["brewery_id"].to_pylist() == [1, 2, 3]  # stored in key order
 
