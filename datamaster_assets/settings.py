@@ -28,10 +28,14 @@ def _number(environ: Mapping[str, str], name: str, default, convert=int, minimum
         value = convert(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be {'an integer' if convert is int else 'a number'}, got {raw!r}") from exc
-    if maximum is not None and not (minimum <= value <= maximum):  # also refuses nan
-        raise ValueError(f"{name} must be between {minimum:g} and {maximum:g}, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    low_ok = minimum is None or value >= minimum  # comparisons with nan are False: nan is refused
+    high_ok = maximum is None or value <= maximum
+    if not (low_ok and high_ok):
+        if minimum is not None and maximum is not None:
+            raise ValueError(f"{name} must be between {minimum:g} and {maximum:g}, got {value}")
+        if minimum is not None:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 

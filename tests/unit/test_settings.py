@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datamaster_assets.settings import Settings
+from datamaster_assets.settings import Settings, _number
 
 
 def test_defaults():
@@ -30,6 +30,7 @@ def test_values_are_read_from_the_environment():
         ("DATAMASTER_BRONZE_BATCH_ROWS", "ten", "DATAMASTER_BRONZE_BATCH_ROWS must be an integer, got 'ten'"),
         ("DATAMASTER_REJECT_RATE_THRESHOLD", "5%", "DATAMASTER_REJECT_RATE_THRESHOLD must be a number, got '5%'"),
         ("DATAMASTER_REJECT_RATE_THRESHOLD", "1.5", "DATAMASTER_REJECT_RATE_THRESHOLD must be between 0 and 1, got 1.5"),
+        ("DATAMASTER_REJECT_RATE_THRESHOLD", "nan", "DATAMASTER_REJECT_RATE_THRESHOLD must be between 0 and 1, got nan"),
         ("DATAMASTER_ENV", "prod", "DATAMASTER_ENV must be 'local' or 'aws', got 'prod'"),
     ],
 )
@@ -37,3 +38,19 @@ def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(ValueError) as caught:
         Settings.from_env({name: value})
     assert str(caught.value) == message
+
+
+
+@pytest.mark.parametrize(
+    ("bounds", "convert", "raw", "message"),
+    [
+        ({"maximum": 10}, int, "11", "X must be at most 10, got 11"),
+        ({"minimum": 0.0}, float, "nan", "X must be at least 0.0, got nan"),
+        ({"maximum": 1.0}, float, "nan", "X must be at most 1.0, got nan"),
+    ],
+)
+def test_one_sided_bounds_refuse_values_outside_them(bounds, convert, raw, message):
+    with pytest.raises(ValueError) as caught:
+        _number({"X": raw}, "X", 0, convert, **bounds)
+    assert str(caught.value) == message
+    assert _number({"X": "0"}, "X", 5, convert, **bounds) == 0
