@@ -148,8 +148,9 @@ def _read_chunks(stream: BinaryIO, source_key: str, batch_lines: int) -> Iterato
             if cut < start:  # no line end yet: keep reading
                 leftover = bytes(buf[start:])
                 break
-            if start == 0 and (cut == len(buf) - 1 or len(buf) - cut - 1 < target):
+            if start == 0 and (cut == len(buf) - 1 or (not eof and len(buf) - cut - 1 < target)):
                 # the usual case: the whole buffer minus a partial line, handed over without a copy
+                # (at end of file nothing may carry over: the rest is cut into pieces below)
                 leftover = bytes(buf[cut + 1 :])
                 del buf[cut + 1 :]
                 piece = buf

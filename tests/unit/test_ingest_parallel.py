@@ -107,6 +107,22 @@ def test_chunks_cover_every_line_once(tmp_path):
     assert b"".join(bytes(c.data) for c in chunks) == body.encode()
 
 
+@pytest.mark.parametrize("ending", [b"\n\n", b"\n", b""])
+def test_a_long_line_near_the_end_of_the_file_is_still_chunked(tmp_path, monkeypatch, ending):
+    """At end of file the rest of the buffer must be handed over whole, even when the last cut
+    lands after a long line (this raised "unreachable" and failed the file)."""
+    from datamaster_assets.ingest import stream
+
+    monkeypatch.setattr(stream, "FIRST_READ_BYTES", 8)  # the byte target comes out at 56
+    body = b"x" * 20 + b"\n" + b"x" * 100 + b"\n" + b"x" + ending
+    src = tmp_path / "f.txt.gz"
+    src.write_bytes(gzip.compress(body))
+    chunks = list(iter_chunks(src, "raw/x/f.txt.gz", 7))
+    assert b"".join(bytes(c.data) for c in chunks) == body
+    assert sum(c.line_count for c in chunks) == body.count(b"\n") + (not body.endswith(b"\n"))
+    assert [c.first_line for c in chunks] == [1] + [sum(c.line_count for c in chunks[:k]) + 1 for k in range(1, len(chunks))]
+
+
 def test_bronze_file_keeps_statistics_on_contract_and_time_columns(tmp_path):
     lines = [review_line(i) for i in range(1, 51)]
     convert(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n")
