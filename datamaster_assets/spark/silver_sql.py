@@ -3,7 +3,7 @@
 The same semantics as ``transform.silver.merge_changes`` (DESIGN section 6), in three steps:
 
 1. ``source_sql``: the *merge source*, one row per key that has changes newer than the stored
-   watermark ``(_change_ts, _change_seq)``: the key's final change in CHANGE_ORDER, the values of
+   watermark ``(_change_ts, _change_seq, _source_key)``: the key's final change in CHANGE_ORDER, the values of
    its last upsert in the batch (``_prior_<col>``, ``_has_prior``) and the time of its first upsert
    in the batch (``_first_upsert_ts``).
 2. ``row_expressions``: each silver column of the written row as an expression over the source
@@ -92,10 +92,14 @@ def _keys(contract: Contract, alias: str | None = None) -> str:
 
 
 def newer_sql(change: str, stored: str) -> str:
-    """The change (alias ``change``) is newer than the stored row's watermark (alias ``stored``)."""
+    """The change (alias ``change``) is newer than the stored row's watermark (alias ``stored``):
+    later in CHANGE_ORDER as far as the watermark goes (time, sequence, file). A missing watermark
+    (a row written by another tool) is older than any change."""
+    c, s = change, stored
     return (
-        f"({change}._change_ts > {stored}._change_ts OR "
-        f"({change}._change_ts = {stored}._change_ts AND {change}._change_seq > {stored}._change_seq))"
+        f"({s}._change_ts IS NULL OR {c}._change_ts > {s}._change_ts OR ({c}._change_ts = {s}._change_ts AND "
+        f"({s}._change_seq IS NULL OR {c}._change_seq > {s}._change_seq OR ({c}._change_seq = {s}._change_seq AND "
+        f"({s}._source_key IS NULL OR {c}._source_key > {s}._source_key)))))"
     )
 
 
@@ -123,7 +127,7 @@ def validation_sql(contract: Contract, changes: str) -> str:
 def fresh_changes_sql(contract: Contract, changes: str, target: str) -> str:
     """The changes newer than the watermark the target holds for their key (all, for new keys)."""
     return f"""SELECT c.* FROM {changes} AS c
-LEFT JOIN (SELECT {_keys(contract)}, _change_ts, _change_seq FROM {target}) AS w
+LEFT JOIN (SELECT {_keys(contract)}, _change_ts, _change_seq, _source_key FROM {target}) AS w
     ON {_key_join(contract, 'c', 'w')}
 WHERE w.{quote(contract.primary_key[0])} IS NULL OR {newer_sql('c', 'w')}"""
 

@@ -265,6 +265,21 @@ def _positions(target: pa.Table, probe: pa.Table, key: tuple[str, ...], sorted_k
     return joined["_tidx"].combine_chunks()
 
 
+def _later_file_wins_ties(newer: pa.Array, current: pa.Table, changes: pa.Table, positions, tie) -> pa.Array:
+    """Changes whose time and sequence equal the stored watermark's are newer when their file sorts
+    after the stored one: the order a single batch applies (CHANGE_ORDER), so how files are batched
+    does not change the result. The same file again (a replay) stays not newer."""
+    tie_rows = np.flatnonzero(_array(pc.fill_null(tie, False)).to_numpy(zero_copy_only=False))
+    if not len(tie_rows):
+        return newer
+    change_file = changes["_source_key"].take(tie_rows).cast(pa.string())
+    stored_file = current["_source_key"].take(positions.take(tie_rows)).cast(pa.string())
+    later = pc.fill_null(pc.or_kleene(pc.is_null(stored_file), pc.greater(change_file, stored_file)), False)
+    out = newer.to_numpy(zero_copy_only=False).copy()
+    out[tie_rows[_array(later).to_numpy(zero_copy_only=False)]] = True
+    return pa.array(out)
+
+
 def _sum(mask: pa.Array) -> int:
     return int(pc.sum(mask).as_py() or 0)
 
@@ -305,11 +320,14 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
         pos_all = _positions(current, changes, key, sorted_keys)
         stored_ts, stored_seq = current["_change_ts"].take(pos_all), current["_change_seq"].take(pos_all)
         ts, seq = changes["_change_ts"], changes["_change_seq"]
+        # A stored row without a watermark (written by another tool) is older than any change.
+        newer_seq = pc.or_kleene(pc.is_null(stored_seq), pc.greater(seq, stored_seq))
         newer = pc.or_kleene(
-            pc.is_null(pos_all),
-            pc.or_kleene(pc.greater(ts, stored_ts), pc.and_kleene(pc.equal(ts, stored_ts), pc.greater(seq, stored_seq))),
+            pc.or_kleene(pc.is_null(pos_all), pc.is_null(stored_ts)),
+            pc.or_kleene(pc.greater(ts, stored_ts), pc.and_kleene(pc.equal(ts, stored_ts), newer_seq)),
         )
-        newer = _array(pc.fill_null(newer, False))
+        newer = _later_file_wins_ties(_array(pc.fill_null(newer, False)), current, changes, pos_all,
+                                      pc.and_kleene(pc.equal(ts, stored_ts), pc.equal(seq, stored_seq)))
         n_fresh = _sum(newer)
         fresh = _bounded_chunks(_where(changes, newer, n_fresh))
         fresh_pos = _where(pos_all, newer, n_fresh)

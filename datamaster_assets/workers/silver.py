@@ -125,12 +125,12 @@ def read_bronze_file(store: ObjectStore, key: str, contract: Contract) -> pa.Tab
         raw = parquet.read(columns=wanted)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadBronzeFile(f"bronze file {key} is not readable Parquet: {exc}") from exc
-    problems = validate_changes(raw, contract)
-    if problems:
-        raise BadBronzeFile(f"bronze file {key}: " + "; ".join(problems))
     try:
+        problems = validate_changes(raw, contract)
+        if problems:
+            raise BadBronzeFile(f"bronze file {key}: " + "; ".join(problems))
         return conform_changes(raw, contract)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+    except pa.ArrowException as exc:  # e.g. a lineage column of the wrong type
         raise BadBronzeFile(f"bronze file {key}: columns do not match the {contract.name} contract: {exc}") from exc
 
 
@@ -197,6 +197,10 @@ def apply_pending_silver(
         except OSError as exc:
             _fail(ledger, item, owner, f"bronze file {item.object_key} could not be read: {exc}", permanent=False,
                   now=now, result=result)
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not strand the batch's other items
+            log.exception("reading bronze file %s failed", item.object_key)
+            _fail(ledger, item, owner, f"bronze file {item.object_key} could not be read: {type(exc).__name__}: {exc}",
+                  permanent=False, now=now, result=result)
 
     if loaded:
         changes = pa.concat_tables([t for _, t in loaded])

@@ -23,8 +23,9 @@ def test_merge_into_sql_updates_only_newer_rows_and_sets_every_silver_column() -
     sql = silver_sql.merge_into_sql(contract, TARGET, "dm_source_review")
     assert sql.startswith(f"MERGE INTO {TARGET} AS t\nUSING dm_source_review AS s\nON t.`review_id` = s.`review_id`\n")
     assert (
-        "WHEN MATCHED AND (s._change_ts > t._change_ts OR (s._change_ts = t._change_ts AND s._change_seq > t._change_seq)) "
-        "THEN UPDATE SET" in sql
+        "WHEN MATCHED AND (t._change_ts IS NULL OR s._change_ts > t._change_ts OR (s._change_ts = t._change_ts AND "
+        "(t._change_seq IS NULL OR s._change_seq > t._change_seq OR (s._change_seq = t._change_seq AND "
+        "(t._source_key IS NULL OR s._source_key > t._source_key))))) THEN UPDATE SET" in sql
     )
     updated = re.findall(r"^\s+`(\w+)` = ", sql, flags=re.M)
     inserted = re.search(r"THEN INSERT \((.*)\)\n", sql).group(1).replace("`", "").split(", ")

@@ -146,10 +146,13 @@ def test_unreadable_file_fails_alone_and_names_the_file(lake: Lake):
     lake.ledger.register(Registration("silver", "brewery", corrupt, "c0ffee", "parquet", 18))
     invalid = land_bronze(lake, "invalid", bronze_table("brewery", [
         {"op": "insert", "t": 1, "brewery_id": None, "brewery_name": "no key", "line": 12}]))
+    mistyped = bronze_table("brewery", [{"op": "insert", "t": 1, "brewery_id": 2, "brewery_name": "int _op"}])
+    mistyped = land_bronze(lake, "mistyped", mistyped.set_column(
+        mistyped.schema.get_field_index("_op"), "_op", pa.array([1], pa.int64())))
 
     result = apply_pending_silver(lake, "brewery", owner="test")
 
-    assert result.files_applied == 1 and result.files_failed == 2
+    assert result.files_applied == 1 and result.files_failed == 3
     assert brewery_state(lake) == {1: ("ok", False)}
     items = items_by_key(lake)
     assert items[good].status is Status.SUCCESS
@@ -158,6 +161,8 @@ def test_unreadable_file_fails_alone_and_names_the_file(lake: Lake):
     assert items[invalid].error_message == (
         f"bronze file {invalid}: 1 row(s) with null brewery_id (first at _source_line 12)")
     assert any(corrupt in f for f in result.failures)
+    assert items[mistyped].status is Status.QUARANTINED
+    assert items[mistyped].error_message.startswith(f"bronze file {mistyped}: columns do not match the brewery contract")
 
 
 def test_missing_object_is_a_retryable_error(lake: Lake):
