@@ -174,6 +174,18 @@ class ItemOutcome:
     error_message: str | None = None
 
 
+def _record_launch_failure(context: Any, lake: Any, item: LedgerItem, owner: str, message: str) -> None:
+    """A worker that never started leaves its item untouched, so the sensor would ask again with
+    the same run key, which Dagster never runs twice: the file would wait for ever. The launch
+    counts as a failed attempt instead (quarantined once attempts run out), unless a worker did
+    start and holds or finished the item."""
+    try:
+        if lake.ledger.claim(item.control_id, owner, lake.settings.lease_seconds) is not None:
+            lake.ledger.fail(item.control_id, owner, f"compute did not start: {message}")
+    except Exception as exc:  # noqa: BLE001 - the outcome is reported either way
+        context.log.warning(f"could not record the failed launch of {item.control_id} in the ledger: {exc}")
+
+
 def _plain_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.value if isinstance(v, dg.MetadataValue) else v) for k, v in values.items()}
 
@@ -264,7 +276,10 @@ class BronzeCompute(dg.ConfigurableResource):
             metadata = reported_metadata(launch(context, item, owner, extras))
         except Exception as exc:  # DagsterExecutionInterruptedError is a BaseException and still propagates
             context.log.error(f"bronze item {item.control_id} on {target} failed to run: {exc}")
-            return ItemOutcome(item.control_id, target, "launch_failed", {}, f"{type(exc).__name__}: {exc}")
+            message = f"{type(exc).__name__}: {exc}"
+            if lake is not None:
+                _record_launch_failure(context, lake, item, owner, message)
+            return ItemOutcome(item.control_id, target, "launch_failed", {}, message)
         metadata["compute_target"] = target
         status = str(metadata.get("status") or "unreported")
         return ItemOutcome(item.control_id, target, status, metadata, metadata.get("error_message"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from datamaster_assets.lake.ledger import LedgerItem
+from datamaster_assets.lake.ledger_records import REQUEUES
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,10 @@ class Batch:
 
     @property
     def run_key(self) -> str:
-        """Same items at the same attempt -> same key (a repeated tick is deduplicated by Dagster);
-        a retry has a higher attempt count, so it gets a new key."""
-        parts = sorted(f"{i.control_id}@{i.attempt_count}" for i in self.items)
+        """Same items at the same attempt -> same key (a repeated tick is deduplicated by Dagster).
+        A retry has a higher attempt count, and a requeued item (attempts back to 0) a higher
+        requeue count, so each gets a new key: Dagster never starts a run for a key it has run."""
+        parts = sorted(f"{i.control_id}@{i.attempt_count}r{i.stats.get(REQUEUES, 0)}" for i in self.items)
         digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
         return f"{self.table_name}-{digest}"
 

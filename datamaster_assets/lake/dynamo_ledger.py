@@ -42,6 +42,7 @@ from datamaster_assets.lake.ledger_records import (
     resolve_now,
     sort_key,
     validate_owner,
+    requeued_stats,
     with_last_error,
 )
 
@@ -483,7 +484,7 @@ class DynamoLedger:
                 {
                     ":pending": Status.PENDING.value,
                     ":zero": 0,
-                    ":stats": encode_stats(with_last_error(item.stats, item.error_message)),
+                    ":stats": encode_stats(requeued_stats(item.stats, item.error_message)),
                     ":seen_status": item.status.value,
                     ":seen_attempt": item.attempt_count,
                 },

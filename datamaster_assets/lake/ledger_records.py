@@ -74,11 +74,22 @@ def validate_owner(owner: str) -> None:
         raise ValueError("lease owner must be a non-empty string (e.g. the Dagster run id)")
 
 
+REQUEUES = "requeues"
+
+
 def with_last_error(stats: Mapping[str, Any], error_message: str | None) -> dict[str, Any]:
     """Stats with the error being cleared kept as history in ``stats['last_error']``."""
     merged = dict(stats)
     if error_message:
         merged["last_error"] = error_message
+    return merged
+
+
+def requeued_stats(stats: Mapping[str, Any], error_message: str | None) -> dict[str, Any]:
+    """Stats of an item a person requeues: the cleared error kept, and ``requeues`` counted up so
+    the item's next run has a run key of its own (``Batch.run_key``)."""
+    merged = with_last_error(stats, error_message)
+    merged[REQUEUES] = int(merged.get(REQUEUES, 0)) + 1
     return merged
 
 

@@ -30,6 +30,7 @@ from datamaster_assets.lake.ledger_records import (
     new_record,
     resolve_now,
     validate_owner,
+    requeued_stats,
     with_last_error,
 )
 
@@ -365,7 +366,7 @@ class SqliteLedger:
                     "UPDATE ledger_items SET status = 'pending', attempt_count = 0, error_message = NULL,"
                     " lease_owner = NULL, lease_expires_at = NULL, stats = ?"
                     " WHERE control_id = ? AND status = ?",
-                    (encode_stats(with_last_error(item.stats, item.error_message)), item.control_id, item.status.value),
+                    (encode_stats(requeued_stats(item.stats, item.error_message)), item.control_id, item.status.value),
                 )
                 if cur.rowcount == 1:
                     requeued.append(self._fetch(tx, item.control_id))  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ import boto3
 import pytest
 
 from datamaster_assets.lake import sqlite_ledger as sqlite_ledger_module
+from datamaster_assets.lake.batching import plan_batches
 from datamaster_assets.lake.dynamo_ledger import STATUS_INDEX, DynamoLedger, create_ledger_table
 from datamaster_assets.lake.ledger import LeaseLost, Ledger, Registration, Status, make_control_id
 from datamaster_assets.lake.sqlite_ledger import SqliteLedger
@@ -301,6 +302,10 @@ def test_requeue_brings_quarantined_back_with_attempts_reset(make_ledger: Ledger
     back = ledger.get(bad.control_id)
     assert (back.status, back.attempt_count, back.error_message) == (Status.PENDING, 0, None)
     assert back.stats["last_error"] == "review broke" and back.lease_expires_at is None
+    # attempts are back to 0, yet the sensor must ask for a run Dagster has not seen (run keys are never rerun)
+    assert back.stats["requeues"] == 1
+    assert plan_batches([back], max_files=1, max_bytes=10**9)[0].run_key != \
+        plan_batches([bad], max_files=1, max_bytes=10**9)[0].run_key
     assert ledger.get(beer.control_id).status is Status.QUARANTINED  # other table untouched
     assert ledger.get(ok.control_id).status is Status.SUCCESS  # success is never requeued by default
     assert ledger.claim(bad.control_id, "w2", LEASE, now=at(6)).attempt_count == 1
@@ -484,7 +489,7 @@ def test_sqlite_exception_between_statements_rolls_the_transition_back(
         ledger.claim(item.control_id, "w", LEASE, now=at(2))
         ledger.fail(item.control_id, "w", "bad", now=at(3))
 
-    real = sqlite_ledger_module.with_last_error
+    real = sqlite_ledger_module.requeued_stats
     calls = []
 
     def crash_on_second_item(stats, error_message):
@@ -493,7 +498,7 @@ def test_sqlite_exception_between_statements_rolls_the_transition_back(
             raise RuntimeError("injected crash after the first UPDATE")
         return real(stats, error_message)
 
-    monkeypatch.setattr(sqlite_ledger_module, "with_last_error", crash_on_second_item)
+    monkeypatch.setattr(sqlite_ledger_module, "requeued_stats", crash_on_second_item)
     with pytest.raises(RuntimeError, match="injected"):
         ledger.requeue()
     # all-or-nothing: the first item's UPDATE was rolled back with the rest

@@ -16,6 +16,7 @@ import dagster as dg
 import pytest
 
 from datamaster_assets.defs.compute import BronzeCompute, lambda_client_config
+from datamaster_assets.lake.batching import plan_batches
 from datamaster_assets.lake.factory import open_lake
 from datamaster_assets.lake.ledger import Registration, Status
 from datamaster_assets.settings import Settings
@@ -61,7 +62,7 @@ def _compute(**overrides) -> BronzeCompute:
 def _materialize(lake, compute: BronzeCompute, control_id: str, table: str = "brewery"):
     @dg.asset(key=["bronze", table])
     def bronze_asset(context: dg.AssetExecutionContext, bronze_compute: BronzeCompute) -> dg.MaterializeResult:
-        outcome = bronze_compute.run_item(context, lake.ledger.get(control_id))
+        outcome = bronze_compute.run_item(context, lake.ledger.get(control_id), lake=lake)
         return dg.MaterializeResult(metadata={**outcome.metadata, "outcome_status": outcome.status,
                                               "outcome_error": outcome.error_message or ""})
 
@@ -111,12 +112,18 @@ def test_warm_lambda_handles_a_second_invocation(aws_lake) -> None:
 
 
 @pytest.mark.slow  # dagster waits 10 s for messages that never come
-def test_lambda_missing_function_is_a_launch_failure_and_item_stays_pending(aws_lake) -> None:
+def test_lambda_missing_function_is_a_launch_failure_recorded_as_a_failed_attempt(aws_lake) -> None:
     control_id = _register(aws_lake, "brewery", "lambda")
+    before = aws_lake.ledger.get(control_id)
     result, md = _materialize(aws_lake, _compute(lambda_function="no-such-function"), control_id)
     assert md["outcome_status"] == "launch_failed"
     assert "ResourceNotFoundException" in md["outcome_error"]
-    assert aws_lake.ledger.get(control_id).status == Status.PENDING
+    # the item is retryable with one attempt used, so the sensor's next request has a new run key
+    item = aws_lake.ledger.get(control_id)
+    assert (item.status, item.attempt_count) == (Status.ERROR, 1)
+    assert item.error_message.startswith("compute did not start: ") and "ResourceNotFoundException" in item.error_message
+    assert plan_batches([item], max_files=1, max_bytes=10**9)[0].run_key != \
+        plan_batches([before], max_files=1, max_bytes=10**9)[0].run_key
 
 
 def _ecs_setup(container_name: str = "bronze-worker") -> tuple[list[str], list[str]]:
