@@ -22,3 +22,13 @@ class BadInputError(ValueError):
         if field is not None:
             where += f", field {field!r}"
         super().__init__(f"{where}: {problem}")
+
+
+class SourceReadError(Exception):
+    """Reading the raw object itself failed (a network timeout, a dropped connection, a disk
+    error): the file may be fine, so the worker retries it. Deliberately not an OSError, so the
+    decompression code that turns damaged gzip data into BadInputError cannot mistake it."""
+
+    def __init__(self, source: str, exc: BaseException):
+        self.source = source
+        super().__init__(f"{source}: reading the object failed: {type(exc).__name__}: {exc}")

@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from isal import igzip, isal_zlib
 
-from datamaster_assets.ingest.errors import BadInputError
+from datamaster_assets.ingest.errors import BadInputError, SourceReadError
 
 GZIP_MAGIC = b"\x1f\x8b"
 NEWLINE = ord("\n")
@@ -40,22 +40,30 @@ class Chunk:
 
 
 class _Prefixed:
-    """A reader that returns ``prefix`` first, then the rest of ``stream`` (undoes a peek)."""
+    """A reader that returns ``prefix`` first, then the rest of ``stream`` (undoes a peek). A
+    failure of ``stream`` itself comes out as SourceReadError (retryable), whatever its type."""
 
-    def __init__(self, prefix: bytes, stream: BinaryIO):
+    def __init__(self, prefix: bytes, stream: BinaryIO, source_key: str):
         self._prefix = prefix
         self._stream = stream
+        self._source_key = source_key
+
+    def _read_source(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except Exception as exc:  # noqa: BLE001 - botocore's timeouts are OSErrors, its others are not
+            raise SourceReadError(self._source_key, exc) from exc
 
     def read(self, size: int = -1) -> bytes:
         if self._prefix:
             head, self._prefix = self._prefix, b""
             if size is None or size < 0:
-                return head + self._stream.read()
+                return head + self._read_source()
             if size <= len(head):
                 self._prefix = head[size:]
                 return head[:size]
-            return head + self._stream.read(size - len(head))
-        return self._stream.read(size)
+            return head + self._read_source(size - len(head))
+        return self._read_source(size)
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
@@ -76,10 +84,13 @@ def open_decompressed(source: Path | BinaryIO, source_key: str) -> tuple[BinaryI
     raw: BinaryIO = Path(source).open("rb") if isinstance(source, (str, Path)) else source
     if isinstance(source, (str, Path)):
         handles.append(raw)
-    head = raw.read(2)
+    try:
+        head = raw.read(2)
+    except Exception as exc:  # noqa: BLE001 - see _Prefixed
+        raise SourceReadError(source_key, exc) from exc
     if not head:
         raise BadInputError(source_key, "empty file (0 bytes)")
-    stream: BinaryIO = _Prefixed(head, raw)  # type: ignore[assignment]
+    stream: BinaryIO = _Prefixed(head, raw, source_key)  # type: ignore[assignment]
     if source_key.lower().endswith(".gz") or head == GZIP_MAGIC:
         if head != GZIP_MAGIC:
             raise BadInputError(source_key, f"not a gzip file (starts with {head!r}, expected {GZIP_MAGIC!r})")

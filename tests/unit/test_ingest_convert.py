@@ -13,7 +13,7 @@ import pytest
 
 from datamaster_assets.contracts import get_contract
 from datamaster_assets.ingest.convert import convert_to_bronze
-from datamaster_assets.ingest.errors import BadInputError
+from datamaster_assets.ingest.errors import BadInputError, SourceReadError
 from datamaster_assets.ingest.masking import hmac_hex
 
 INGESTED = datetime(2026, 11, 22, 4, 5, 1, tzinfo=timezone.utc)
@@ -275,6 +275,33 @@ def test_non_seekable_gzip_stream(tmp_path):
     )
     assert outcome.accepted == 3000 and outcome.batches >= 5 and outcome.slow_batches == 0
     assert pq.read_table(parquet_out, columns=["_source_line"]).column(0).to_pylist() == list(range(2, 3002))
+
+
+class _TimesOut(_NonSeekable):
+    """An S3 body whose connection times out after ``fail_after`` bytes (botocore's ReadTimeoutError
+    is an OSError, like the errors of a damaged gzip stream)."""
+
+    def __init__(self, data: bytes, fail_after: int):
+        super().__init__(data)
+        self._left = fail_after
+
+    def read(self, size=-1):
+        if self._left <= 0:
+            raise OSError("Read timeout on endpoint URL")
+        chunk = super().read(size)
+        self._left -= len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("fail_after", [0, 20_000])
+def test_a_failing_source_read_is_retryable_not_bad_input(tmp_path, fail_after):
+    body = gzip.compress((HEADER + "\n" + "\n".join(review_line(i) for i in range(1, 20001)) + "\n").encode())
+    with pytest.raises(SourceReadError, match=r"raw/review/s.csv.gz: reading the object failed: OSError: Read timeout"):
+        convert_to_bronze(
+            _TimesOut(body, fail_after), contract="review", file_format="csv", source_key="raw/review/s.csv.gz",
+            control_id="b-s", ingested_at=INGESTED, batch_change_ts=LANDED, pii_key=KEY,
+            parquet_out=tmp_path / "o.parquet", rejects_out=tmp_path / "r.gz", batch_rows=500,
+        )
 
 
 def test_truncation_after_good_chunks_is_still_bad_input(tmp_path):
