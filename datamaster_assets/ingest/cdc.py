@@ -26,7 +26,7 @@ import pyarrow.json as pajson
 from datamaster_assets.contracts import Contract
 from datamaster_assets.ingest.batch import ParsedBatch, Reject
 from datamaster_assets.ingest.csv_reader import contract_columns_schema
-from datamaster_assets.ingest.stream import Chunk
+from datamaster_assets.ingest.stream import Chunk, is_utf8
 from datamaster_assets.ingest.values import (
     TIMESTAMP_US_UTC,
     ValueRejected,
@@ -36,6 +36,7 @@ from datamaster_assets.ingest.values import (
     line_numbers,
     source_type,
     to_bronze_column,
+    to_int64,
 )
 
 # Change metadata: in ``metadata`` for the envelope, at the top level when flattened.
@@ -127,6 +128,8 @@ class CdcReader:
         if not envelope and len(self._envelope_markers) < len(ENVELOPE_KEYS):
             if b'"data"' in chunk.data or b'"metadata"' in chunk.data:
                 return None  # a contract column is named like an envelope key: sort it out line by line
+        if not is_utf8(chunk.data):
+            return None  # pyarrow would not look at bytes in fields it ignores
         schema = self._envelope_schema if envelope else self._flat_schema
         try:
             parsed = pajson.read_json(
@@ -220,11 +223,11 @@ class CdcReader:
                 stamp = None if stamp in (None, "") else iso_timestamp(stamp)
                 name = "sequence"
                 seq = next((v for v in (meta.get(f) for f in SEQUENCE_FIELDS) if v is not None), None)
-                seq = None if seq is None else int(seq)
+                seq = None if seq is None else to_int64(seq)
                 for col, convert in self._converters:
                     name = col.name
                     values.append(convert(row.get(col.name)))
-            except (ValueRejected, ValueError, TypeError) as exc:
+            except (ValueRejected, ValueError, TypeError, OverflowError) as exc:
                 rejects.append(Reject(line, raw, name, f"{name}: {exc}"))
                 continue
             op = meta.get("operation")

@@ -9,6 +9,7 @@ be parsed on its own and a row be traced back to its line. Blank lines are skipp
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow.csv as pacsv
 from datamaster_assets.contracts import Column, Contract
 from datamaster_assets.ingest.batch import ParsedBatch, Reject
 from datamaster_assets.ingest.errors import BadInputError
-from datamaster_assets.ingest.stream import Chunk
+from datamaster_assets.ingest.stream import Chunk, is_utf8
 from datamaster_assets.ingest.values import (
     ValueRejected,
     build_bronze_array,
@@ -62,7 +63,10 @@ def split_header(first: Chunk, contract: Contract, source_key: str) -> tuple[Csv
         raise BadInputError(source_key, f"header is not valid UTF-8 (byte {exc.start})", line=1) from exc
     if not text.strip():
         raise BadInputError(source_key, "first line is empty, expected a CSV header", line=1)
-    header = [name.strip() for name in next(csv.reader([text]))]
+    try:
+        header = [name.strip() for name in next(csv.reader([text], strict=True))]
+    except csv.Error as exc:
+        raise BadInputError(source_key, f"header is not valid CSV: {exc}", line=1) from exc
     dupes = sorted({n for n in header if header.count(n) > 1})
     if dupes:
         raise BadInputError(source_key, f"duplicate header columns {dupes}", line=1)
@@ -104,6 +108,19 @@ def _may_hold_blank_lines(parsed: pa.Table) -> bool:
     return bool(pc.any(all_null).as_py())
 
 
+_HEX_INTEGER = re.compile(rb"0[xX][0-9a-fA-F]")
+_TEXT_AFTER_CLOSING_QUOTE = re.compile(rb'[^,\n]"[^,"\r\n]')
+
+
+def _pyarrow_would_be_lenient(data: bytes | bytearray) -> bool:
+    """Text pyarrow's CSV reader takes where the row-by-row parser refuses it: hexadecimal integers
+    ("0x10" read as 16) and text after a closing quote ('"4"5' read as 45). The memchr tests keep
+    this free for files without an x or a quote; a false alarm only costs the slow path."""
+    if (b"x" in data or b"X" in data) and _HEX_INTEGER.search(data):
+        return True
+    return b'"' in data and _TEXT_AFTER_CLOSING_QUOTE.search(data) is not None
+
+
 def _assemble(contract: Contract, n: int, typed: dict[str, pa.Array]) -> pa.Table:
     arrays = [typed[c.name] if c.name in typed else pa.nulls(n, c.arrow_type) for c in contract.columns]
     return pa.Table.from_arrays(arrays, schema=contract_columns_schema(contract))
@@ -131,6 +148,8 @@ class CsvReader:
         data = chunk.data
         if not data or data[:1] in (b"\n", b"\r"):
             return None  # blank lines: the slow path skips them and keeps line numbers right
+        if not is_utf8(data) or _pyarrow_would_be_lenient(data):
+            return None
         try:
             parsed = pacsv.read_csv(
                 pa.py_buffer(data),

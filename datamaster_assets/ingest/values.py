@@ -8,6 +8,7 @@ into the bronze type, timestamp[us, UTC], by :func:`to_bronze_column`.
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
@@ -62,38 +63,52 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _to_int(value: Any) -> int:
+# Numbers in text: ASCII digits only, as the typed readers parse them. Python's int()/float() also
+# take "1_0", other scripts' digits and surrounding Unicode spaces, which a value could then be
+# loaded with or rejected for depending on which path its chunk took.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+_BLANKS = " \t\r\n"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def to_int64(value: Any) -> int:
     if _is_number(value):
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
             raise ValueRejected(f"{_fmt(value)} is not an integer")
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueRejected(f"{_fmt(value)} is not an integer")
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise ValueRejected(f"{_fmt(value)} is not an integer")
+        out = int(value)
+    elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip(_BLANKS)):
+        out = int(value.strip(_BLANKS))
+    else:
+        raise ValueRejected(f"{_fmt(value)} is not an integer")
+    if not INT64_MIN <= out <= INT64_MAX:
+        raise ValueRejected(f"{_fmt(value)} is out of range for int64")
+    return out
 
 
 def _to_float(value: Any) -> float:
     if _is_number(value):
-        return float(value)
-    if isinstance(value, str):
         try:
-            return float(value.strip())
-        except ValueError:
-            pass
+            return float(value)
+        except OverflowError:  # an integer beyond double range reads as infinity, as pyarrow reads it
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip(_BLANKS)):
+        return float(value.strip(_BLANKS))
     raise ValueRejected(f"{_fmt(value)} is not a number")
 
 
 def _to_string(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if _is_number(value) or isinstance(value, bool):
+    """Text, or a JSON integer as its decimal digits. Booleans, fractions, objects and arrays are
+    refused rather than given a Python spelling ("True", "100.0")."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise ValueRejected(f"{_fmt(value)} is not a string")
+    if not isinstance(value, str):
+        raise ValueRejected(f"{_fmt(value)} is not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800" in JSON) cannot be stored as UTF-8
+        raise ValueRejected(f"{_fmt(value)} is not valid Unicode (lone surrogate at character {exc.start})") from None
+    return value
 
 
 _TRUE = {"true", "t", "1", "yes", "y"}
@@ -147,14 +162,14 @@ def iso_timestamp(value: Any) -> datetime:
 
 
 def _to_int32(value: Any) -> int:
-    out = _to_int(value)
+    out = to_int64(value)
     if not -(2**31) <= out < 2**31:
         raise ValueRejected(f"{out} is out of range for int32")
     return out
 
 
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "int64": _to_int,
+    "int64": to_int64,
     "int32": _to_int32,
     "float64": _to_float,
     "string": _to_string,

@@ -327,3 +327,51 @@ def test_cdc_forms_mixed_in_one_file(tmp_path):
     assert rejects == [] and outcome.accepted == 3
     assert table.column("brewery_name").to_pylist() == ["A", "B", "A"]
     assert table.column("_op").to_pylist() == ["insert", "update", "insert"]
+
+
+# ---- a value gets the same verdict whichever path its chunk takes ------------------------------
+# Alone, a line may take the typed (pyarrow) fast path; next to a malformed line the whole chunk
+# goes row by row. Both must load or reject it the same way.
+
+FLAT = {"review_id": 1, "brewery_id": 2, "beer_id": 3, "profile_id": 4, "review_overall": 4.5, "review_time": 1073452775}
+SAME_VERDICT_CASES = [
+    # (contract, format, line as bytes, expected (accepted review_id/profile_id or None), reason fragment)
+    ("review", "csv", b"0x10,2,3,4,4.5,4,4,4,4,1073452775,n", None, "'0x10' is not an integer"),
+    ("review", "csv", b'"1"2,2,3,4,4.5,4,4,4,4,1073452775,n', None, "malformed CSV"),
+    ("review", "csv", b"1_0,2,3,4,4.5,4,4,4,4,1073452775,n", None, "'1_0' is not an integer"),
+    ("review", "csv", b"9223372036854775808,2,3,4,4.5,4,4,4,4,1073452775,n", None, "out of range for int64"),
+    ("review", "csv", b"7,2,3,4,4.5,4,4,4,4,1073452775,caf\xe9", None, "invalid UTF-8"),  # in an extra column
+    ("review", "json", json.dumps({**FLAT, "review_id": 2**63}).encode(), None, "out of range for int64"),
+    ("review", "json", json.dumps({**FLAT, "review_overall": 10**400}).encode(), None, "inf is above max 5"),
+    ("review", "json", json.dumps({**FLAT, "seq": 4.7}).encode(), None, "sequence: 4.7 is not an integer"),
+    ("review", "json", json.dumps({**FLAT, "seq": True}).encode(), None, "sequence: True is not an integer"),
+    ("review", "json", json.dumps(FLAT)[:-1].encode() + b', "note": "\xff"}', None, "invalid UTF-8"),
+    ("profile", "json", b'{"profile_id": 5, "profile_name": "x\\ud800y"}', None, "lone surrogate"),
+    ("profile", "json", b'{"profile_id": 5, "profile_name": true}', None, "True is not a string"),
+    ("profile", "json", b'{"profile_id": 5, "profile_name": 1e2}', None, "100.0 is not a string"),
+    ("profile", "json", b'{"profile_id": 5, "profile_name": 123}', 5, None),  # an integer keeps its digits
+    ("review", "json", json.dumps({**FLAT, "review_id": 1e2}).encode(), 100, None),  # integral: loads
+]
+
+
+@pytest.mark.parametrize(("table", "fmt", "line", "accepted", "reason"), SAME_VERDICT_CASES)
+@pytest.mark.parametrize("neighbour", [False, True])
+def test_a_value_gets_the_same_verdict_on_either_path(tmp_path, table, fmt, line, accepted, reason, neighbour):
+    header = {"review": HEADER + ",note", "profile": "profile_id,profile_name"}[table]
+    body = (header.encode() + b"\n" if fmt == "csv" else b"") + line + b"\n" + (b"{broken\n" if neighbour else b"")
+    name = f"raw/{table}/f." + ("csv.gz" if fmt == "csv" else "jsonl.gz")
+    outcome, out, rejects = run(tmp_path, gz(body), table=table, fmt=fmt, name=name)
+    key = get_contract(table).primary_key[0]
+    first_line = 2 if fmt == "csv" else 1
+    if accepted is None:
+        assert out.column(key).to_pylist() == []
+        assert rejects[0]["line"] == first_line and reason in rejects[0]["reason"]
+    else:
+        assert out.column(key).to_pylist() == [accepted]
+        assert all(r["line"] != first_line for r in rejects)
+    assert outcome.rejected == (accepted is None) + neighbour
+
+
+def test_a_header_that_is_not_csv_is_bad_input(tmp_path):
+    with pytest.raises(BadInputError, match=r"line 1: header is not valid CSV"):
+        run(tmp_path, gz(b'review_id,"brew\rery_id"x\n1,2\n'))
