@@ -130,6 +130,11 @@ class LandingResult:
     reconciled: bool
 
 
+def is_folder_marker(key: str) -> bool:
+    """The zero-byte ``…/`` object the S3 console's "Create folder" writes: not a file to load."""
+    return key.endswith("/")
+
+
 def register_new_objects(
     settings: Settings,
     store: ObjectStore,
@@ -161,7 +166,7 @@ def register_new_objects(
             infos.extend(page)
             if page:
                 new_cursor.last_key[table] = page[-1].key
-    regs = [registration_for(settings, store, info) for info in infos]
+    regs = [registration_for(settings, store, info) for info in infos if not is_folder_marker(info.key)]
     results = ledger.register_many(regs)
     registered = [item for item, created in results if created]
     return LandingResult(registered, len(results) - len(registered), new_cursor, reconcile)

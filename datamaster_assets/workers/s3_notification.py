@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from urllib.parse import unquote_plus
 
 from datamaster_assets.lake.factory import Lake, open_lake
-from datamaster_assets.lake.landing import RAW_PREFIX, register_object_keys
+from datamaster_assets.lake.landing import RAW_PREFIX, is_folder_marker, register_object_keys
 from datamaster_assets.settings import Settings
 from datamaster_assets.workers import emf
 
@@ -139,6 +139,9 @@ def register_event(lake: Lake, event: Any) -> dict[str, Any]:
     for obj in parsed.objects:
         if obj.bucket != lake.settings.raw_bucket:
             ignored["other_bucket"] += 1
+            continue
+        if all(is_folder_marker(candidate) for candidate in obj.key_candidates):
+            ignored["folder_marker"] += 1
             continue
         key = _resolve_key(lake, obj)
         if not key.startswith(RAW_PREFIX):

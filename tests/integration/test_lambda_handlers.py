@@ -12,6 +12,7 @@ import pytest
 
 from datamaster_assets.lake.bootstrap import bootstrap_aws
 from datamaster_assets.lake.factory import open_lake
+from datamaster_assets.lake.landing import LandingCursor, register_new_objects
 from datamaster_assets.lake.ledger import Status
 from datamaster_assets.settings import Settings
 from datamaster_assets.workers import firehose_router, s3_notification
@@ -102,6 +103,17 @@ def test_notification_ignores_and_counts_what_it_cannot_register(aws_lake):
         "event:ObjectRemoved:Delete": 1,
         "source:aws:dynamodb": 1,
     }
+
+
+def test_a_console_folder_marker_is_ignored_by_the_notification_and_the_sensor(aws_lake):
+    boto3.client("s3").put_object(Bucket=RAW, Key="raw/review/", Body=b"")  # S3 console "Create folder"
+    aws_lake.raw.put_bytes("raw/review/a.json.gz", b"1")
+    result = s3_notification.handler({"Records": [s3_record("raw/review/"), s3_record("raw/review/a.json.gz")]}, None)
+    assert result["registered_keys"] == ["raw/review/a.json.gz"] and result["ignored"] == {"folder_marker": 1}
+
+    listed = register_new_objects(aws_lake.settings, aws_lake.raw, aws_lake.ledger, LandingCursor({}, 0))
+    assert listed.registered == [] and listed.already_known == 1  # the listing saw the marker and skipped it
+    assert [i.object_key for i in aws_lake.ledger.items(layer="bronze")] == ["raw/review/a.json.gz"]
 
 
 def test_notification_through_sqs_sns_and_eventbridge(aws_lake):
