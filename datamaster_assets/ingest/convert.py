@@ -112,7 +112,7 @@ class BronzeOutcome:
     source_key: str
     table: str
     file_format: str
-    records_read: int  # data records (accepted + rejected); control records and blank lines excluded
+    records_read: int  # data records the parsers produced (= accepted + rejected unless rows were lost); control records and blank lines excluded
     accepted: int
     rejected: int
     control_records: int
@@ -231,14 +231,14 @@ def convert_to_bronze(
         outcome.batches += 1
         outcome.slow_batches += 0 if done.fast else 1
         outcome.control_records += done.control_records
+        outcome.records_read += done.records_parsed
         rejects.write(done.rejects)
         if done.table is not None:
             detector.observe(done.table)
             writer.write(done.table)
-            outcome.accepted += done.table.num_rows
             change_ts_filled += done.change_ts_filled
         if on_batch is not None:
-            on_batch(outcome.accepted + rejects.count)
+            on_batch(outcome.records_read)
 
     try:
         for chunk in chunks:
@@ -263,8 +263,11 @@ def convert_to_bronze(
         outcome.rejects_bytes = rejects.close()
     if reader is None:
         raise BadInputError(source_key, "no header line: the file decompresses to nothing")
+    # Counted where each thing happens, so `accepted + rejected == records_read` is a real check:
+    # read = records the parsers produced (rows + parse rejects), accepted = rows in the written
+    # file's footer, rejected = lines in the rejects file.
+    outcome.accepted = pq.ParquetFile(parquet_out).metadata.num_rows
     outcome.rejected = rejects.count
-    outcome.records_read = outcome.accepted + outcome.rejected
     if not saw_line:
         notes.append("header only, no data rows" if file_format == "csv" else "no lines in the file")
     if isinstance(reader, CdcReader) and reader.extra_fields:
@@ -286,6 +289,7 @@ class _ChunkResult:
     rejects: list[Reject]
     control_records: int
     fast: bool
+    records_parsed: int  # data records the parser produced: rows plus lines it rejected
     change_ts_filled: int = 0
 
 
@@ -296,7 +300,7 @@ def _process_chunk(
     shared state (pyarrow's parsing and compute kernels release the GIL, so chunks overlap)."""
     batch = reader.parse(chunk)
     found, accepted = _apply_rules(contract, batch)
-    result = _ChunkResult(None, found, batch.control_records, batch.fast)
+    result = _ChunkResult(None, found, batch.control_records, batch.fast, batch.columns.num_rows + len(batch.rejects))
     if accepted is not None:
         table, lines, ops, change_ts, change_seq = accepted
         table = mask_table(table, contract, key)
