@@ -95,6 +95,7 @@ class Settings:
     ecs_security_groups: tuple[str, ...] = ()
     emr_application_id: str = ""
     emr_execution_role_arn: str = ""
+    emr_log_group: str = "/aws/emr-serverless/datamaster"
 
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -174,4 +175,5 @@ class Settings:
             ecs_security_groups=security_groups,
             emr_application_id=e.get("DATAMASTER_EMR_APPLICATION_ID", ""),
             emr_execution_role_arn=e.get("DATAMASTER_EMR_EXECUTION_ROLE_ARN", ""),
+            emr_log_group=e.get("DATAMASTER_EMR_LOG_GROUP") or "/aws/emr-serverless/datamaster",
         )

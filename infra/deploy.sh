@@ -60,5 +60,6 @@ export DATAMASTER_ECS_CLUSTER=$(output compute ClusterName)
 export DATAMASTER_ECS_TASK_DEFINITION=$(output compute BronzeTaskDefinitionFamily)
 export DATAMASTER_EMR_APPLICATION_ID=$(output compute SparkApplicationId)
 export DATAMASTER_EMR_EXECUTION_ROLE_ARN=$(output compute EmrJobRoleArn)
+export DATAMASTER_EMR_LOG_GROUP=$(output compute EmrLogGroupName)
 # plus DATAMASTER_ECS_SUBNETS (your VPC's private subnets) and DATAMASTER_PII_KEY (the secret's value)
 ENV

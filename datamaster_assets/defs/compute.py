@@ -399,6 +399,7 @@ class SparkCompute(dg.ConfigurableResource):
             application_id=settings.emr_application_id,
             execution_role_arn=settings.emr_execution_role_arn,
             code_uri=f"s3://{settings.lake_bucket}/code/spark",
+            log_group=settings.emr_log_group,
             spark_submit_parameters=default_spark_submit_parameters(settings),
         )
         values.update(overrides)

@@ -102,6 +102,29 @@ def test_ecs_task_matches_what_dagster_launches():
     assert {"DATAMASTER_ENV", "DATAMASTER_RAW_BUCKET", "DATAMASTER_LAKE_BUCKET", "DATAMASTER_LEDGER_TABLE"} <= env
 
 
+def test_orchestrator_may_call_what_the_pipes_clients_call():
+    """PipesECSClient tags RunTask and calls DescribeTaskDefinition (no cluster parameter);
+    PipesEMRServerlessClient reads the application after each run and tags the run."""
+    from datamaster_assets.defs.compute import SparkCompute
+
+    compute = template("compute")
+    statements = {s["Sid"]: s for s in compute["Resources"]["OrchestratorPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
+
+    def actions(sid):
+        action = statements[sid]["Action"]
+        return {action} if isinstance(action, str) else set(action)
+
+    assert "ecs:DescribeTaskDefinition" in actions("ReadTaskDefinitions") and "Condition" not in statements["ReadTaskDefinitions"]
+    assert "ecs:DescribeTaskDefinition" not in actions("RunBronzeTasks")
+    assert statements["TagBronzeTasksOnRun"]["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
+    assert {"emr-serverless:GetApplication", "emr-serverless:TagResource", "emr-serverless:StartJobRun"} <= actions("SparkJobs")
+    # the Spark jobs log where the stack's log group is, and the deploy script says so
+    assert compute["Outputs"]["EmrLogGroupName"] == {"Value": {"Ref": "EmrLogGroup"}, "Description": "DATAMASTER_EMR_LOG_GROUP"}
+    assert "export DATAMASTER_EMR_LOG_GROUP=$(output compute EmrLogGroupName)" in (INFRA / "deploy.sh").read_text()
+    settings = Settings.from_env({"DATAMASTER_EMR_LOG_GROUP": "/aws/emr-serverless/datamaster-dev"})
+    assert SparkCompute.from_settings(settings).log_group == "/aws/emr-serverless/datamaster-dev"
+
+
 def test_worker_image_entrypoint_is_the_container_cli():
     dockerfile = (INFRA / "Dockerfile").read_text()
     [entrypoint] = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
