@@ -232,6 +232,22 @@ def diff_review_flat(old: pa.Table | None, new: pa.Table, gold_columns: Sequence
             "SELECT old_year, old_month FROM delta WHERE gold_changed AND old_year IS NOT NULL "
             "UNION SELECT new_year, new_month FROM delta WHERE gold_changed AND new_year IS NOT NULL"
         ).fetchall()
+        if old.num_rows - removed != new.num_rows - added:
+            # More matched pairs than rows: the stored table repeats a review_id (another writer's
+            # append). The join cannot see that; the extra copies count as removed rows.
+            extra, duplicated_months = _duplicates(con)
+            removed += extra
+            months = [*months, *duplicated_months]
     finally:
         con.close()
     return FlatDiff(added=added, removed=removed, changed=changed, gold_months=frozenset(map(tuple, months)))
+
+
+def _duplicates(con) -> tuple[int, list[tuple]]:
+    """(extra copies of repeated review_ids in ``old_flat``, the months those rows sit in)."""
+    extra = con.execute("SELECT count(*) - count(DISTINCT review_id) FROM old_flat").fetchone()[0]
+    months = con.execute(
+        "SELECT DISTINCT review_year, review_month FROM old_flat WHERE review_year IS NOT NULL AND review_id IN "
+        "(SELECT review_id FROM old_flat GROUP BY review_id HAVING count(*) > 1)"
+    ).fetchall()
+    return extra, months

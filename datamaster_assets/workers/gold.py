@@ -213,21 +213,28 @@ def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatR
                 identifier, schema=iceberg_schema(REVIEW_FLAT_SCHEMA, ("review_id",)), properties=dict(LAKE_TABLE_PROPERTIES)
             )
         old = None
+        stored_months: set[Month] = set()
         if table.current_snapshot() is not None:
             old = table.scan().to_arrow()
-            if set(old.column_names) != set(REVIEW_FLAT_SCHEMA.names):
-                old = None  # schema changed since the last build: treat as a first build
+            if not set(REVIEW_FLAT_SCHEMA.names) <= set(old.column_names):
+                # Columns were added since the last build: rewrite all of it. The months the old
+                # version held are affected too (a month may have lost all its rows). Columns the
+                # schema no longer lists are left alone: they do not force a rewrite every build.
+                if {"review_year", "review_month"} <= set(old.column_names):
+                    stored_months = months_of(old)
+                old = None
                 with table.update_schema() as update:
                     update.union_by_name(iceberg_schema(REVIEW_FLAT_SCHEMA, ("review_id",)))
         durations["read_previous"] = _ms(step)
 
         step = time.perf_counter()
         diff = diff_review_flat(old, new, GOLD_INPUT_COLUMNS)
+        affected = set(diff.gold_months) | stored_months
         durations["diff"] = _ms(step)
         written = old is None or diff.any_change
         if written:
             step = time.perf_counter()
-            properties = {PROP_AFFECTED_MONTHS: encode_months(diff.gold_months), PROP_BUILT_AT: now.isoformat()}
+            properties = {PROP_AFFECTED_MONTHS: encode_months(affected), PROP_BUILT_AT: now.isoformat()}
             try:
                 files = write_data_files(table.metadata, table.io, new)
                 commit_replacement(table, files, AlwaysTrue(), properties)
@@ -242,7 +249,7 @@ def build_review_flat_table(lake: Lake, *, now: datetime | None = None) -> FlatR
     snapshot = table.current_snapshot()
     if snapshot is not None:
         remember_review_flat(table, new)
-    months = sorted(diff.gold_months)
+    months = sorted(affected)
     result = FlatResult(
         row_count=new.num_rows,
         rows_added=diff.added,

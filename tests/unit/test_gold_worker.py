@@ -191,6 +191,47 @@ def test_deleting_the_only_review_of_a_month_removes_its_gold_rows(lake):
     assert_gold_matches(lake, tables)
 
 
+def test_review_flat_missing_a_column_is_rewritten_and_its_old_months_recomputed(lake):
+    """A review_flat written by an older release (a column short): the rebuild rewrites it all, and
+    the months only the old version held are recomputed too."""
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    flat_table = lake.catalog.load_table(table_identifier(lake.settings, "silver", "review_flat"))
+    with flat_table.update_schema() as update:
+        update.delete_column("review_taste")
+    tables, flat, result = build_and_refresh(lake, with_review(rows, len(rows), deleted=True))
+    assert flat.written and flat.affected_months == ALL_MONTHS
+    for name in MARTS:
+        assert (2011, 7) not in {(r["review_year"], r["review_month"]) for r in gold(lake, name).to_pylist()}
+    assert_gold_matches(lake, tables)
+
+
+def test_a_column_review_flat_no_longer_has_does_not_force_a_rewrite_every_build(lake):
+    from pyiceberg.types import StringType
+
+    rows = review_rows()
+    build_and_refresh(lake, rows)
+    with lake.catalog.load_table(table_identifier(lake.settings, "silver", "review_flat")).update_schema() as update:
+        update.add_column("legacy_note", StringType())
+    before = snapshot_ids(lake)
+    _, flat, result = build_and_refresh(lake, rows)
+    assert not flat.written and flat.affected_months == []
+    assert {m.status for m in result.marts.values()} == {"up-to-date"} and snapshot_ids(lake) == before
+
+
+def test_a_duplicated_review_flat_row_from_another_writer_is_repaired(lake):
+    rows = review_rows()
+    tables, _, _ = build_and_refresh(lake, rows)
+    flat_table = lake.catalog.load_table(table_identifier(lake.settings, "silver", "review_flat"))
+    flat_table.append(flat_table.scan(row_filter="review_id = 60").to_arrow())  # e.g. a retried append
+    flat = build_review_flat_table(lake, now=NOW)
+    assert flat.written and flat.rows_removed == 1 and flat.affected_months
+    stored = lake.catalog.load_table(table_identifier(lake.settings, "silver", "review_flat")).scan().to_arrow()
+    assert stored.num_rows == flat.row_count == len(set(stored["review_id"].to_pylist()))
+    refresh_gold(lake, now=NOW)
+    assert_gold_matches(lake, tables)
+
+
 def test_changes_accumulate_until_gold_is_refreshed(lake):
     rows = review_rows()
     build_and_refresh(lake, rows)
