@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -289,7 +291,8 @@ def apply_pending_silver_remotely(
     try:
         # The job's MERGE INTO needs the columns a contract change added: same schema step as in-process.
         prepare_silver_table(lake.catalog, identifier, get_contract(table))
-        reported = run_merge(lake.store.uri(manifest_key))
+        with _leases_kept(lake, claimed, owner):  # a Spark job can outlast a lease
+            reported = run_merge(lake.store.uri(manifest_key))
     except Exception as exc:
         for item in claimed:
             _fail(lake.ledger, item, owner, f"Spark merge of bronze file {item.object_key} into {identifier} failed: {exc}",
@@ -310,6 +313,33 @@ def apply_pending_silver_remotely(
     _describe_stored(lake, identifier, result)
     result.duration_s = time.perf_counter() - started
     return result
+
+
+@contextmanager
+def _leases_kept(lake: Lake, items: list[LedgerItem], owner: str) -> Iterator[None]:
+    """Renew the items' leases every third of a lease while the block runs, so no other worker
+    takes them over (and merges them again) while a long job still holds them. An item whose
+    lease was lost anyway is left to its new owner; completing it then reports the loss."""
+    stop = threading.Event()
+    held = list(items)
+
+    def keep() -> None:
+        while not stop.wait(lake.settings.lease_seconds / 3):
+            for item in list(held):
+                try:
+                    lake.ledger.renew(item.control_id, owner, lake.settings.lease_seconds)
+                except LeaseLost:
+                    held.remove(item)
+                except Exception:  # noqa: BLE001 - a ledger hiccup: try again on the next beat
+                    log.warning("renewing the lease of %s failed", item.control_id, exc_info=True)
+
+    renewer = threading.Thread(target=keep, name="silver-leases", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
 
 
 def _describe_stored(lake: Lake, identifier: str, result: SilverApplyResult) -> None:

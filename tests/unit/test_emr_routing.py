@@ -69,6 +69,23 @@ def test_a_failed_spark_job_releases_the_files_for_a_retry(lake):
     assert pending_change_rows(lake, "review") == 20  # claimable again
 
 
+def test_a_spark_job_longer_than_the_lease_keeps_its_files(tmp_path):
+    lake = open_lake(Settings(home=tmp_path / "home", lease_seconds=1))
+    ids = _register(lake, 2, rows=10)
+    taken_over = []
+
+    def run_merge(manifest_uri: str) -> dict:
+        import time
+
+        time.sleep(2.5)  # 2.5 leases
+        taken_over.extend(i for i in ids if lake.ledger.claim(i, "another-worker", 1) is not None)
+        return {"changes_read": 20, "inserted": 20}
+
+    result = apply_pending_silver_remotely(lake, "review", owner="w1", run_merge=run_merge)
+    assert taken_over == [] and result.lease_lost == [] and result.files_applied == 2
+    assert all(lake.ledger.get(cid).status == Status.SUCCESS for cid in ids)
+
+
 class RecordingSpark(SparkCompute):
     """SparkCompute whose EMR launch is recorded instead of sent (the Pipes round trip itself is
     covered by tests/integration/test_pipes_emr.py)."""
