@@ -326,6 +326,16 @@ class DynamoLedger:
         if (
             current is not None
             and current.status is Status.RUNNING
+            and current.lease_owner == owner
+            and current.started_at == now
+            and current.lease_expires_at == lease_until(now, lease_seconds)
+        ):
+            # This very call won: its UpdateItem was applied but the response was lost, and
+            # botocore's retry then failed the condition (SQLite cannot see this).
+            return current
+        if (
+            current is not None
+            and current.status is Status.RUNNING
             and current.lease_expires_at is not None
             and current.lease_expires_at <= now
         ):

@@ -278,6 +278,35 @@ def test_error_item_keeps_last_error_while_retrying(ledger: Ledger) -> None:
     assert done.error_message is None and done.stats == {"n": 1, "last_error": "S3 throttled"}
 
 
+@pytest.mark.aws
+def test_dynamo_claim_whose_response_was_lost_is_still_won(aws_env) -> None:
+    """botocore resends an UpdateItem whose response was lost; the resent claim fails its condition
+    because the first one was applied. The claim must still be this owner's."""
+    real = boto3.client("dynamodb")
+    create_ledger_table(real, TABLE)
+
+    class LostFirstResponse:
+        def __init__(self, client):
+            self.client, self.armed = client, False
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        def update_item(self, **kwargs):
+            if self.armed:
+                self.armed = False
+                self.client.update_item(**kwargs)  # applied; its response never arrives
+            return self.client.update_item(**kwargs)  # the retry
+
+    client = LostFirstResponse(real)
+    ledger = DynamoLedger(TABLE, client=client)
+    item, _ = ledger.register(reg("a"), now=T0)
+    client.armed = True
+    claimed = ledger.claim(item.control_id, "w1", LEASE, now=at(1))
+    assert claimed is not None and (claimed.status, claimed.lease_owner, claimed.attempt_count) == (Status.RUNNING, "w1", 1)
+    assert ledger.claim(item.control_id, "w2", LEASE, now=at(1)) is None  # still nobody else's
+
+
 def test_permanent_failure_quarantines_at_once(ledger: Ledger) -> None:
     item, _ = ledger.register(reg("a"), now=T0)
     ledger.claim(item.control_id, "w1", LEASE, now=at(1))
