@@ -227,7 +227,7 @@ class CdcReader:
                 for col, convert in self._converters:
                     name = col.name
                     values.append(convert(row.get(col.name)))
-            except (ValueRejected, ValueError, TypeError, OverflowError) as exc:
+            except (ValueRejected, ValueError, TypeError) as exc:
                 rejects.append(Reject(line, raw, name, f"{name}: {exc}"))
                 continue
             op = meta.get("operation")

@@ -112,7 +112,7 @@ class BronzeOutcome:
     source_key: str
     table: str
     file_format: str
-    records_read: int  # data records the parsers produced (= accepted + rejected unless rows were lost); control records and blank lines excluded
+    records_read: int  # data records the parsers produced; control records and blank lines excluded
     accepted: int
     rejected: int
     control_records: int

@@ -321,13 +321,14 @@ def merge_changes(current: pa.Table | None, changes: pa.Table, contract: Contrac
         stored_ts, stored_seq = current["_change_ts"].take(pos_all), current["_change_seq"].take(pos_all)
         ts, seq = changes["_change_ts"], changes["_change_seq"]
         # A stored row without a watermark (written by another tool) is older than any change.
+        same_ts = pc.equal(ts, stored_ts)
         newer_seq = pc.or_kleene(pc.is_null(stored_seq), pc.greater(seq, stored_seq))
         newer = pc.or_kleene(
             pc.or_kleene(pc.is_null(pos_all), pc.is_null(stored_ts)),
-            pc.or_kleene(pc.greater(ts, stored_ts), pc.and_kleene(pc.equal(ts, stored_ts), newer_seq)),
+            pc.or_kleene(pc.greater(ts, stored_ts), pc.and_kleene(same_ts, newer_seq)),
         )
         newer = _later_file_wins_ties(_array(pc.fill_null(newer, False)), current, changes, pos_all,
-                                      pc.and_kleene(pc.equal(ts, stored_ts), pc.equal(seq, stored_seq)))
+                                      pc.and_kleene(same_ts, pc.equal(seq, stored_seq)))
         n_fresh = _sum(newer)
         fresh = _bounded_chunks(_where(changes, newer, n_fresh))
         fresh_pos = _where(pos_all, newer, n_fresh)
