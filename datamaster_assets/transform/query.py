@@ -107,24 +107,43 @@ def _bronze_relation(con: duckdb.DuckDBPyConnection, lake: "Lake", name: str, vi
     con.execute(f"CREATE VIEW {view} AS SELECT * FROM __bronze__{name}")
 
 
+def _attach(con: duckdb.DuckDBPyConnection, lake: "Lake", layer: str, name: str) -> None:
+    view = f"{layer}.{name}"
+    if layer == "bronze":
+        _bronze_relation(con, lake, name, view)
+    else:
+        con.register(f"__{layer}__{name}", _iceberg_table(lake, layer, name))
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM __{layer}__{name}")
+
+
+def _missing_table_error(exc: duckdb.Error, missing: dict[tuple[str, str], QueryError]) -> QueryError | None:
+    """Our explanation of a table DuckDB could not find, if it is one the SQL named and we lacked."""
+    if not isinstance(exc, duckdb.CatalogException):
+        return None
+    message = str(exc).lower()
+    return next((error for (_, name), error in missing.items() if f"name {name} does not exist" in message), None)
+
+
 def run_query(lake: "Lake", sql: str) -> pa.Table:
-    """Run DuckDB ``sql`` with the referenced bronze/silver/gold tables attached; the result as Arrow."""
+    """Run DuckDB ``sql`` with the referenced bronze/silver/gold tables attached; the result as Arrow.
+
+    ``layer.name`` text that names no table is only an error if DuckDB needs it as a table: an
+    alias called ``gold`` makes ``gold.review_year`` a column, which the pattern cannot tell."""
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         for layer in LAYERS:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+        missing: dict[tuple[str, str], QueryError] = {}
         for layer, name in referenced_tables(sql):
-            view = f"{layer}.{name}"
-            if layer == "bronze":
-                _bronze_relation(con, lake, name, view)
-            else:
-                con.register(f"__{layer}__{name}", _iceberg_table(lake, layer, name))
-                con.execute(f"CREATE VIEW {view} AS SELECT * FROM __{layer}__{name}")
+            try:
+                _attach(con, lake, layer, name)
+            except QueryError as exc:
+                missing[(layer, name)] = exc
         try:
             return arrow_of(con.sql(sql)) if sql.strip() else pa.table({})
         except duckdb.Error as exc:
-            raise QueryError(f"query failed: {exc}") from exc
+            raise (_missing_table_error(exc, missing) or QueryError(f"query failed: {exc}")) from exc
     finally:
         con.close()
 

@@ -77,6 +77,19 @@ def test_unknown_tables_and_bad_sql_are_clear_errors(lake):
         run_query(lake, "SELECT nope FROM silver.brewery")
 
 
+def test_an_alias_named_like_a_layer_is_not_taken_for_a_table(lake):
+    result = run_query(lake, """
+        SELECT gold.review_month, silver.beer_name
+        FROM gold.top_beers_by_rating AS gold JOIN silver.beer AS silver USING (beer_id)
+        ORDER BY gold.review_month""")
+    assert result.to_pylist() == [{"review_month": 1, "beer_name": "Alpha IPA"},
+                                  {"review_month": 2, "beer_name": "Alpha IPA"}]
+    # a real reference to a missing table still gets the explanation, not DuckDB's guess
+    with pytest.raises(QueryError, match=r"gold.top_wines does not exist") as caught:
+        run_query(lake, "SELECT gold.x FROM gold.top_wines AS gold")
+    assert "pg_catalog" not in str(caught.value)
+
+
 def test_formats(lake):
     result = run_query(lake, """SELECT brewery_id, brewery_name, deleted_at FROM silver.brewery ORDER BY brewery_id""")
     text = format_table(result, "table")
