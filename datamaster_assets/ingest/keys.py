@@ -5,21 +5,26 @@ A retried or duplicated run computes the same keys and overwrites, never duplica
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
-
-RAW_SUFFIXES = (".csv.gz", ".jsonl.gz", ".json.gz", ".csv", ".jsonl", ".json")
 
 
 def raw_file_stem(raw_key: str) -> str:
-    """raw/review/20261122T040501Z-reviews.csv.gz -> 20261122T040501Z-reviews"""
+    """raw/review/20261122T040501Z-reviews.csv.gz -> 20261122T040501Z-reviews.csv
+
+    Distinct raw keys give distinct stems: two raw files sharing one would publish to one bronze
+    key, and the first one's rows would be lost without any count noticing. A gzip file directly
+    under raw/<table>/ keeps its name without ``.gz`` (unique, since its key is; the format stays
+    in it, so ``x.csv.gz`` and ``x.json.gz`` differ). Any other key (one in a sub-folder, or not
+    gzipped, like ``x.csv`` next to ``x.csv.gz``) also gets a short hash of the whole key."""
     name = raw_key.rsplit("/", 1)[-1]
-    lower = name.lower()
-    for suffix in RAW_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    if lower.endswith(".gz") and len(name) > 3:
-        return name[:-3]
-    return name
+    gzipped = name.lower().endswith(".gz") and len(name) > 3
+    stem = name[:-3] if gzipped else name
+    if gzipped and raw_key.count("/") == 2 and "\\" not in name:
+        return stem
+    digest = hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    readable = stem.replace("\\", "_")  # S3 allows a backslash in a key; the object keys written here do not
+    return f"{readable}-{digest}"
 
 
 def _day_path(registered_at: datetime) -> str:

@@ -45,13 +45,25 @@ def csv_payload(rows: int, bad_overall_at: int | None = None) -> bytes:
     return gzip.compress(("\n".join(lines) + "\n").encode())
 
 
+def test_same_file_name_in_two_sub_folders_keeps_both_files_rows(lake):
+    # e.g. a producer that writes raw/review/<date>/part-0000.csv.gz: one bronze key would have
+    # overwritten the other with every count still reconciling
+    first = land(lake, "review", "2026-11-21/part-0000.csv.gz", csv_payload(3), "csv")
+    second = land(lake, "review", "2026-11-22/part-0000.csv.gz", csv_payload(5), "csv")
+    outputs = [process_bronze_item_now(lake, cid).output_key for cid in (first, second)]
+    assert outputs[0] != outputs[1]
+    assert [pq.read_table(lake.store.local_path(key)).num_rows for key in outputs] == [3, 5]
+    sources = {pq.read_table(lake.store.local_path(key)).column("_source_key")[0].as_py() for key in outputs}
+    assert sources == {"raw/review/2026-11-21/part-0000.csv.gz", "raw/review/2026-11-22/part-0000.csv.gz"}
+
+
 def test_success_publishes_bronze_rejects_and_pending_silver_item(lake):
     cid = land(lake, "review", "20261122T040000000000Z-r.csv.gz", csv_payload(10, bad_overall_at=4), "csv")
     result = process_bronze_item_now(lake, cid)
     assert result.status == "success"
     assert (result.records_read, result.accepted, result.rejected) == (10, 9, 1)
-    assert result.output_key == "bronze/review/year=2026/month=11/day=22/20261122T040000000000Z-r.parquet"
-    assert result.rejects_key == "rejects/review/year=2026/month=11/day=22/20261122T040000000000Z-r.jsonl.gz"
+    assert result.output_key == "bronze/review/year=2026/month=11/day=22/20261122T040000000000Z-r.csv.parquet"
+    assert result.rejects_key == "rejects/review/year=2026/month=11/day=22/20261122T040000000000Z-r.csv.jsonl.gz"
     table = pq.read_table(lake.store.local_path(result.output_key))
     assert table.num_rows == 9 and 4 not in table.column("review_id").to_pylist()
     rejected = [json.loads(x) for x in gzip.decompress(lake.store.read_bytes(result.rejects_key)).splitlines()]
