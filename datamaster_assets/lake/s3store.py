@@ -29,6 +29,15 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _existing_key(key: str) -> str:
+    """A key to read: any non-empty S3 key. Producers may write keys that ``_check_key`` (the rule
+    for keys this project creates, and for local paths) refuses, such as ``raw/t//x.csv.gz``;
+    S3 stores them as they are, so they must stay readable."""
+    if not key:
+        raise ValueError("empty object key")
+    return key
+
+
 def _etag(raw: str) -> str:
     return raw.strip('"')
 
@@ -77,7 +86,7 @@ class S3ObjectStore:
     def open_read(self, key: str) -> BinaryIO:
         """The object's body as a streaming reader (botocore StreamingBody, an io.IOBase)."""
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=_check_key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=_existing_key(key))
         except ClientError as exc:
             if _error_code(exc) in _MISSING_CODES:
                 raise self._missing(key, exc) from exc
@@ -94,7 +103,7 @@ class S3ObjectStore:
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=_check_key(key))
+            response = self.client.head_object(Bucket=self.bucket, Key=_existing_key(key))
         except ClientError as exc:
             if _error_code(exc) in _MISSING_CODES:
                 return None

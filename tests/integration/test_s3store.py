@@ -131,6 +131,17 @@ def test_keys_are_validated(store):
             store.put_bytes(bad, b"x")
 
 
+def test_keys_producers_write_stay_readable(s3, store):
+    # S3 stores these as they are; our own writes refuse them, but a producer's file must still load
+    for key in ("raw/brewery//a.json.gz", "raw/brewery/./b.json.gz", "raw/brewery/c\\d.json.gz"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"payload")
+        assert store.head(key).size == 7
+        assert store.read_bytes(key) == b"payload"
+    assert store.head("raw/brewery//missing.json.gz") is None
+    with pytest.raises(ValueError, match="empty object key"):
+        store.head("")
+
+
 def test_missing_bucket_is_a_clear_error(aws_env):
     store = S3ObjectStore("dm-no-such-bucket")
     with pytest.raises(Exception, match="NoSuchBucket"):
