@@ -18,6 +18,7 @@ The boto3 client honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_DYNAMODB`` by
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -49,6 +50,8 @@ from datamaster_assets.lake.ledger_records import (
 STATUS_INDEX = "status-created_at-index"
 # Parallel conditional PutItems in register_many (boto3 clients are thread-safe).
 REGISTER_WORKERS = 8
+# BatchGetItem takes at most 100 keys per call.
+BATCH_GET_KEYS = 100
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -283,15 +286,39 @@ class DynamoLedger:
         unique: dict[str, Registration] = {}
         for reg in regs:
             unique.setdefault(reg.control_id, reg)
-        with ThreadPoolExecutor(max_workers=min(REGISTER_WORKERS, max(1, len(unique)))) as pool:
-            registered = pool.map(lambda r: self.register(r, now=created_at), unique.values())
-            outcomes = dict(zip(unique, registered))
+        # Re-listing known objects is the common case (every reconcile lists all of raw/): find them
+        # with BatchGetItem (100 keys a call, no write capacity) and PutItem only the rest.
+        outcomes: dict[str, tuple[LedgerItem, bool]] = {
+            cid: (item, False) for cid, item in self._existing(list(unique)).items()
+        }
+        todo = [reg for cid, reg in unique.items() if cid not in outcomes]
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(REGISTER_WORKERS, len(todo))) as pool:
+                outcomes.update(zip((r.control_id for r in todo), pool.map(lambda r: self.register(r, now=created_at), todo)))
         results, seen = [], set()
         for reg in regs:
             item, created = outcomes[reg.control_id]
             results.append((item, created and reg.control_id not in seen))
             seen.add(reg.control_id)
         return results
+
+    def _existing(self, control_ids: list[str]) -> dict[str, LedgerItem]:
+        """The items among ``control_ids`` already in the table (strongly consistent BatchGetItem)."""
+        found: dict[str, LedgerItem] = {}
+        for start in range(0, len(control_ids), BATCH_GET_KEYS):
+            keys = [_to_attrs({"control_id": cid}) for cid in control_ids[start:start + BATCH_GET_KEYS]]
+            request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+            for attempt in range(10):
+                response = self.client.batch_get_item(RequestItems=request)
+                for attrs in response.get("Responses", {}).get(self.table_name, []):
+                    item = item_from_record(_from_attrs(attrs))
+                    found[item.control_id] = item
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(2.0, 0.05 * 2**attempt))  # throttled: back off, ask again for the rest
+            # keys still unprocessed are simply treated as unknown: register() decides for them
+        return found
 
     # ---- transitions ---------------------------------------------------------------------
     def claim(self, control_id: str, owner: str, lease_seconds: int, now: datetime | None = None) -> LedgerItem | None:
@@ -363,9 +390,11 @@ class DynamoLedger:
         owner: str,
         now: datetime,
         change: Callable[[LedgerItem], tuple[str, dict[str, Any]]],
+        landed: Callable[[LedgerItem], bool] | None = None,
     ) -> LedgerItem:
         """Apply ``change(current)`` only while ``owner`` holds an unexpired lease on the attempt
-        that was read; else LeaseLost."""
+        that was read; else LeaseLost. ``landed(item)``: whether ``item`` is what this very write
+        leaves behind (its response was lost and botocore's resend then failed the condition)."""
         current = self.get(control_id)
         if current is None:
             raise LeaseLost(lease_lost_message(control_id, owner, current, now))
@@ -384,7 +413,16 @@ class DynamoLedger:
             },
         )
         if updated is None:
-            raise LeaseLost(lease_lost_message(control_id, owner, self.get(control_id), now))
+            after = self.get(control_id)
+            if (
+                landed is not None
+                and after is not None
+                and after.lease_owner == owner
+                and after.attempt_count == current.attempt_count
+                and landed(after)
+            ):
+                return after
+            raise LeaseLost(lease_lost_message(control_id, owner, after, now))
         return updated
 
     def renew(self, control_id: str, owner: str, lease_seconds: int, now: datetime | None = None) -> LedgerItem:
@@ -429,7 +467,10 @@ class DynamoLedger:
                 values[":output"] = output_key
             return f"{update} REMOVE {', '.join(removed)}", values
 
-        return self._held_update(control_id, owner, now, success)
+        return self._held_update(
+            control_id, owner, now, success,
+            landed=lambda after: after.status is Status.SUCCESS and after.finished_at == now,
+        )
 
     def fail(
         self,
@@ -454,6 +495,11 @@ class DynamoLedger:
                     ":message": error_message,
                     ":finished": encode_ts(now),
                 },
+            ),
+            landed=lambda after: (
+                after.status in (Status.ERROR, Status.QUARANTINED)
+                and after.finished_at == now
+                and after.error_message == error_message
             ),
         )
 

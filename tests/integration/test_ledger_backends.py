@@ -279,25 +279,28 @@ def test_error_item_keeps_last_error_while_retrying(ledger: Ledger) -> None:
 
 
 @pytest.mark.aws
+class LostFirstResponse:
+    """A DynamoDB client whose next UpdateItem is applied but its response lost, so botocore's
+    retry sends it again (and the retry then fails its condition)."""
+
+    def __init__(self, client):
+        self.client, self.armed = client, False
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def update_item(self, **kwargs):
+        if self.armed:
+            self.armed = False
+            self.client.update_item(**kwargs)  # applied; its response never arrives
+        return self.client.update_item(**kwargs)  # the retry
+
+
 def test_dynamo_claim_whose_response_was_lost_is_still_won(aws_env) -> None:
     """botocore resends an UpdateItem whose response was lost; the resent claim fails its condition
     because the first one was applied. The claim must still be this owner's."""
     real = boto3.client("dynamodb")
     create_ledger_table(real, TABLE)
-
-    class LostFirstResponse:
-        def __init__(self, client):
-            self.client, self.armed = client, False
-
-        def __getattr__(self, name):
-            return getattr(self.client, name)
-
-        def update_item(self, **kwargs):
-            if self.armed:
-                self.armed = False
-                self.client.update_item(**kwargs)  # applied; its response never arrives
-            return self.client.update_item(**kwargs)  # the retry
-
     client = LostFirstResponse(real)
     ledger = DynamoLedger(TABLE, client=client)
     item, _ = ledger.register(reg("a"), now=T0)
@@ -305,6 +308,69 @@ def test_dynamo_claim_whose_response_was_lost_is_still_won(aws_env) -> None:
     claimed = ledger.claim(item.control_id, "w1", LEASE, now=at(1))
     assert claimed is not None and (claimed.status, claimed.lease_owner, claimed.attempt_count) == (Status.RUNNING, "w1", 1)
     assert ledger.claim(item.control_id, "w2", LEASE, now=at(1)) is None  # still nobody else's
+
+
+@pytest.mark.aws
+def test_dynamo_complete_and_fail_whose_response_was_lost_still_land(aws_env) -> None:
+    create_ledger_table(boto3.client("dynamodb"), TABLE)
+    client = LostFirstResponse(boto3.client("dynamodb"))
+    ledger = DynamoLedger(TABLE, client=client, max_attempts=3)
+    done, failed = (ledger.register(reg(name), now=T0)[0] for name in ("done", "failed"))
+    for item in (done, failed):
+        ledger.claim(item.control_id, "w1", LEASE, now=at(1))
+    client.armed = True
+    completed = ledger.complete(done.control_id, "w1", record_count=63, rejected_count=0, output_key="bronze/x.parquet",
+                                duration_ms=5, now=at(2))
+    assert (completed.status, completed.output_key) == (Status.SUCCESS, "bronze/x.parquet")
+    client.armed = True
+    errored = ledger.fail(failed.control_id, "w1", "boom", now=at(2))
+    assert (errored.status, errored.error_message) == (Status.ERROR, "boom")
+    # a write that really lost to someone else still says so
+    ledger.claim(failed.control_id, "w1", LEASE, now=at(3))
+    assert ledger.claim(failed.control_id, "w2", LEASE, now=at(3 + LEASE + 1)) is not None
+    client.armed = True
+    with pytest.raises(LeaseLost):
+        ledger.fail(failed.control_id, "w1", "late", now=at(3 + LEASE + 2))
+
+
+@pytest.mark.aws
+def test_dynamo_register_many_reads_known_items_instead_of_writing_them(aws_env) -> None:
+    """A reconcile re-lists every raw object: known ones are found with BatchGetItem (100 keys a
+    call, unprocessed keys asked again), only new ones are written."""
+    real = boto3.client("dynamodb")
+    create_ledger_table(real, TABLE)
+    calls: list[str] = []
+    real.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.append(model.name))
+
+    class ThrottledOnce:
+        def __init__(self, client):
+            self.client, self.throttled = client, False
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        def batch_get_item(self, RequestItems):
+            if self.throttled:
+                return self.client.batch_get_item(RequestItems=RequestItems)
+            self.throttled = True  # the first call comes back with half its keys unprocessed
+            keys = RequestItems[TABLE]["Keys"]
+            half = len(keys) // 2
+            response = self.client.batch_get_item(RequestItems={TABLE: {**RequestItems[TABLE], "Keys": keys[:half]}})
+            response["UnprocessedKeys"] = {TABLE: {**RequestItems[TABLE], "Keys": keys[half:]}}
+            return response
+
+    client = ThrottledOnce(real)
+    ledger = DynamoLedger(TABLE, client=client)
+    known = [reg(f"k{i}") for i in range(250)]
+    assert all(created for _, created in ledger.register_many(known, now=T0))
+    calls.clear()
+    client.throttled = False
+    fresh = [reg(f"n{i}") for i in range(3)]
+    results = ledger.register_many(known + fresh, now=at(5))
+    assert [created for _, created in results] == [False] * 250 + [True] * 3
+    assert [item.created_at for item, _ in results[:250]] == [T0] * 250  # left untouched
+    assert calls.count("PutItem") == 3
+    assert calls.count("BatchGetItem") == 4  # 100 + 100 + 53 keys, one of them asked twice
 
 
 def test_permanent_failure_quarantines_at_once(ledger: Ledger) -> None:
