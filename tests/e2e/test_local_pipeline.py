@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -180,6 +181,31 @@ def test_a_failing_blocking_check_stops_gold(settings, tmp_path):
     assert "silver/review" in report.materializations
     assert "silver/review_flat" not in report.materializations
     assert not any(asset.startswith("gold/") for asset in report.materializations)
+
+
+def test_a_deleted_dimension_row_still_referenced_does_not_freeze_gold(settings, tmp_path):
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=2000, changes=False, now=SEED_TIME)
+    assert run_pipeline(settings).ok
+    review = read_table(lake, "silver", "review")
+    profile_id = review.column("profile_id")[0].as_py()
+    referencing = pc.sum(pc.equal(review["profile_id"], profile_id)).as_py()
+    delete = tmp_path / "profile-delete.json.gz"
+    delete.write_bytes(gzip.compress(json.dumps({
+        "data": {"profile_id": profile_id},
+        "metadata": {"operation": "delete", "record-type": "data", "timestamp": "2026-11-03T00:00:00.000000Z"},
+    }).encode() + b"\n"))
+    land_file(lake.raw, "profile", delete, datetime(2026, 11, 3, tzinfo=timezone.utc))
+
+    report = run_pipeline(settings)
+    assert report.ok, (report.failures, report.failed_checks)
+    flat = read_table(lake, "silver", "review_flat")
+    kept = flat.filter(pc.equal(flat["profile_id"], profile_id))
+    assert kept.num_rows == referencing and kept.column("profile_name").null_count == referencing
+    drinkers = read_table(lake, "gold", "top_drinkers")
+    theirs = drinkers.filter(pc.equal(drinkers["profile_id"], profile_id))
+    assert pc.sum(theirs["total_reviews"]).as_py() == referencing  # still counted, now without a name
+    assert theirs.column("profile_name").null_count == theirs.num_rows
 
 
 def test_schedule_and_gold_after_silver_sensor(settings, defs):

@@ -96,13 +96,15 @@ def test_allowed_values_rule():
     assert not outcome.passed and outcome.metadata["out_of_rule_state"] == 1
 
 
-def test_references_count_orphans_against_live_ids():
+def test_references_count_orphans_against_known_ids_and_report_deleted_targets():
     reviews = silver_reviews(review(1, beer_id=1), review(2, beer_id=2), review(3, beer_id=3), review(4, beer_id=3))
     beers = silver_beers(1, 2, deleted=[2])  # beer 2 soft-deleted, beer 3 never existed
     refs = {"beer": beers, "brewery": None, "profile": None}
     outcome = check_references_resolve(reviews, REVIEW, refs)
     assert not outcome.passed
-    assert outcome.metadata["orphans_beer_id"] == 3 and outcome.metadata["orphan_ids_beer_id"] == 2
+    # beer 2 is soft-deleted: it resolves (review_flat keeps the review with null beer columns)
+    assert outcome.metadata["orphans_beer_id"] == 2 and outcome.metadata["orphan_ids_beer_id"] == 1
+    assert outcome.metadata["deleted_targets_beer_id"] == 1
     assert outcome.metadata["orphans_brewery_id"] == 4  # brewery table not built yet
     assert "brewery not built yet" in outcome.description
 
