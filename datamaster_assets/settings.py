@@ -7,6 +7,7 @@ the same code runs locally and on AWS. ``Settings.from_env()`` is cheap; call it
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Mapping
@@ -37,6 +38,23 @@ def _number(environ: Mapping[str, str], name: str, default, convert=int, minimum
             raise ValueError(f"{name} must be at least {minimum}, got {value}")
         raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+DEFAULT_GLUE_DATABASES = ("dm_bronze", "dm_silver", "dm_gold")
+_GLUE_DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,254}")
+
+
+def _glue_databases(raw: str) -> tuple[str, str, str]:
+    """``DATAMASTER_GLUE_DATABASES``: "bronze,silver,gold" database names (the catalog stack's
+    GlueDatabases output), the dm_* defaults when unset. Names are per account and region, so a
+    second environment in one account sets its own."""
+    if not raw.strip():
+        return DEFAULT_GLUE_DATABASES
+    names = tuple(part.strip() for part in raw.split(","))
+    if len(names) != 3 or not all(_GLUE_DATABASE_NAME.fullmatch(n) for n in names) or len(set(names)) != 3:
+        raise ValueError("DATAMASTER_GLUE_DATABASES must be three distinct Glue database names "
+                         f"(lower-case letters, digits, '_') for bronze,silver,gold, got {raw!r}")
+    return names  # type: ignore[return-value]
 
 
 ThpMode = Literal["disable", "system"]
@@ -86,7 +104,7 @@ class Settings:
     raw_bucket: str = "datamaster-raw"
     lake_bucket: str = "datamaster-lake"
     ledger_table: str = "datamaster-control"
-    glue_databases: tuple[str, str, str] = ("dm_bronze", "dm_silver", "dm_gold")
+    glue_databases: tuple[str, str, str] = DEFAULT_GLUE_DATABASES
     athena_workgroup: str = "datamaster"
     lambda_function: str = "datamaster-bronze-worker"
     ecs_cluster: str = "datamaster"
@@ -143,6 +161,7 @@ class Settings:
             if env == "aws":
                 raise ValueError("DATAMASTER_PII_KEY must be set when DATAMASTER_ENV=aws")
             pii_key = LOCAL_DEV_PII_KEY
+        glue_databases = _glue_databases(e.get("DATAMASTER_GLUE_DATABASES", ""))
         subnets = tuple(s for s in e.get("DATAMASTER_ECS_SUBNETS", "").split(",") if s)
         security_groups = tuple(s for s in e.get("DATAMASTER_ECS_SECURITY_GROUPS", "").split(",") if s)
         return cls(
@@ -167,6 +186,7 @@ class Settings:
             raw_bucket=e.get("DATAMASTER_RAW_BUCKET", "datamaster-raw"),
             lake_bucket=e.get("DATAMASTER_LAKE_BUCKET", "datamaster-lake"),
             ledger_table=e.get("DATAMASTER_LEDGER_TABLE", "datamaster-control"),
+            glue_databases=glue_databases,
             athena_workgroup=e.get("DATAMASTER_ATHENA_WORKGROUP", "datamaster"),
             lambda_function=e.get("DATAMASTER_LAMBDA_FUNCTION", "datamaster-bronze-worker"),
             ecs_cluster=e.get("DATAMASTER_ECS_CLUSTER", "datamaster"),

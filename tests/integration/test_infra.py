@@ -125,6 +125,31 @@ def test_orchestrator_may_call_what_the_pipes_clients_call():
     assert SparkCompute.from_settings(settings).log_group == "/aws/emr-serverless/datamaster-dev"
 
 
+def test_glue_databases_are_per_environment_from_stack_to_code():
+    """Glue database names are per account and region: each environment's stack names its own,
+    grants access to exactly those, and the code reads them from the catalog stack's output."""
+    catalog, compute = template("catalog"), template("compute")
+    layers = ("Bronze", "Silver", "Gold")
+    assert [catalog["Outputs"][f"{layer}DatabaseName"]["Export"]["Name"]["Fn::Sub"] for layer in layers] == [
+        f"${{NamePrefix}}-{layer}DatabaseName" for layer in layers]
+    policies = [compute["Resources"]["OrchestratorPolicy"]["Properties"]["PolicyDocument"]]
+    policies += [p["PolicyDocument"] for p in compute["Resources"]["EmrJobRole"]["Properties"]["Policies"]]
+    glue_resources = [json.dumps(r) for doc in policies for st in doc["Statement"]
+                      if any(str(a).startswith("glue:") for a in st["Action"]) for r in st["Resource"]]
+    assert glue_resources and not any("dm_" in r for r in glue_resources)  # no other environment's databases
+    for layer in layers:
+        assert sum(f"${{NamePrefix}}-{layer}DatabaseName" in r for r in glue_resources) == 2 * len(policies)
+    assert "export DATAMASTER_GLUE_DATABASES=$(output catalog GlueDatabases)" in (INFRA / "deploy.sh").read_text()
+    dev, prod = (json.loads((INFRA / "params" / f"{env}.json").read_text())["Parameters"] for env in ("dev", "prod"))
+    dev_names = [dev.get(f"{layer}DatabaseName", catalog["Parameters"][f"{layer}DatabaseName"]["Default"]) for layer in layers]
+    prod_names = [prod.get(f"{layer}DatabaseName", catalog["Parameters"][f"{layer}DatabaseName"]["Default"]) for layer in layers]
+    assert not set(dev_names) & set(prod_names)
+    settings = Settings.from_env({"DATAMASTER_ENV": "aws", "DATAMASTER_PII_KEY": "k", "DATAMASTER_GLUE_DATABASES": ",".join(dev_names)})
+    assert settings.namespaces == dict(zip(("bronze", "silver", "gold"), dev_names))
+    with pytest.raises(ValueError, match="DATAMASTER_GLUE_DATABASES must be three distinct"):
+        Settings.from_env({"DATAMASTER_GLUE_DATABASES": "dm_bronze,dm_silver"})
+
+
 def test_worker_image_entrypoint_is_the_container_cli():
     dockerfile = (INFRA / "Dockerfile").read_text()
     [entrypoint] = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
