@@ -122,10 +122,26 @@ def requeue(control_ids: tuple[str, ...], table: str | None, layer: str | None, 
     """Bring quarantined (or errored) items back to pending, attempts reset."""
     if not (control_ids or table or layer or requeue_all):
         raise click.UsageError("name CONTROL_IDS, or --table/--layer, or --all")
-    items = _lake().ledger.requeue(list(control_ids) or None, table_name=table, layer=layer)
+    lake = _lake()
+    items = lake.ledger.requeue(list(control_ids) or None, table_name=table, layer=layer)
     for item in items:
         click.echo(f"requeued {item.control_id} {item.layer}/{item.table_name} {item.object_key}")
     click.echo(f"{len(items)} item(s) back to pending")
+    requeued = {item.control_id for item in items}
+    unknown = []
+    for control_id in dict.fromkeys(control_ids):
+        if control_id in requeued:
+            continue
+        current = lake.ledger.get(control_id)
+        if current is None:
+            unknown.append(control_id)
+        elif current.status.value in ("quarantined", "error"):
+            click.echo(f"not requeued {control_id}: {current.layer}/{current.table_name} is outside --table/--layer", err=True)
+        else:
+            click.echo(f"not requeued {control_id}: it is {current.status.value} "
+                       f"({current.layer}/{current.table_name}); only quarantined or errored items are", err=True)
+    if unknown:
+        raise click.ClickException(f"no ledger item with control id {', '.join(unknown)} (see `datamaster status`)")
 
 
 def _print_report(report) -> None:
@@ -133,6 +149,8 @@ def _print_report(report) -> None:
                f"{report.newly_registered} newly landed file(s) registered")
     for failure in report.failures:
         click.echo(f"  FAILED: {failure}", err=True)
+    for held in report.held_elsewhere:
+        click.echo(f"  WAITING: {held}; a later run takes it if that worker never finishes", err=True)
 
 
 @main.command()

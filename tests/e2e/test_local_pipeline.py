@@ -15,7 +15,7 @@ from datamaster_assets.defs.ops.instance import ensure_dagster_home
 from datamaster_assets.defs.ops.runner import run_pipeline
 from datamaster_assets.lake.catalog import read_table
 from datamaster_assets.lake.factory import open_lake
-from datamaster_assets.lake.landing import land_file
+from datamaster_assets.lake.landing import LandingCursor, land_file, register_new_objects
 from datamaster_assets.lake.ledger import Status
 from datamaster_assets.seed import seed_raw
 from datamaster_assets.settings import Settings
@@ -82,6 +82,71 @@ def test_sensors_register_batch_and_run_bronze(settings, defs):
     assert not after.run_requests
     review_files = list((settings.objects_dir / "bronze" / "review").rglob("*.parquet"))
     assert len(review_files) == len(summary.tables["review"].keys)
+
+
+def test_a_batch_whose_run_ended_before_claiming_is_requested_again(settings, defs):
+    """Dagster never starts a second run for a run key: a bronze run canceled while queued (or
+    failed before its asset body ran) would otherwise leave its files pending for good."""
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=200, changes=False, now=SEED_TIME)
+    instance = dg.DagsterInstance.get()
+    resources = {"lake": defs.resources["lake"]}
+    landing, control = defs.get_sensor_def("raw_landing_sensor"), defs.get_sensor_def("bronze_control_sensor")
+    landing(dg.build_sensor_context(instance=instance, resources=resources))
+
+    def tick() -> list[str]:
+        return sorted(r.run_key for r in control(dg.build_sensor_context(instance=instance, resources=resources)).run_requests)
+
+    def record_run(run_key: str, status: dg.DagsterRunStatus) -> None:
+        instance.add_run(dg.DagsterRun(job_name="bronze_job", status=status, tags={"dagster/run_key": run_key}))
+
+    first = tick()
+    for key in first:
+        record_run(key, dg.DagsterRunStatus.CANCELED)
+    second = tick()
+    assert second == sorted(f"{key}.g1" for key in first)
+    for key in second:
+        record_run(key, dg.DagsterRunStatus.STARTED)  # not ended: the same key, deduplicated by Dagster
+    assert tick() == second
+
+
+def test_a_file_failing_again_is_reported_by_every_run(settings):
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=500, changes=False, now=SEED_TIME)
+    assert run_pipeline(settings).ok
+    extra = settings.home / "extra.csv.gz"
+    extra.write_bytes(gzip.compress(
+        b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,"
+        b"review_taste,review_time\n999001,1,1,1,4.0,4.0,4.0,4.0,4.0,1200000000\n"))
+    key = land_file(lake.raw, "review", extra, datetime(2026, 11, 2, tzinfo=timezone.utc)).key
+    register_new_objects(settings, lake.raw, lake.ledger, LandingCursor())
+    lake.raw.local_path(key).rename(settings.home / "aside.csv.gz")  # unreadable now: a retryable error
+
+    outcomes = []
+    for _ in range(4):
+        report = run_pipeline(settings)
+        outcomes.append((report.ok, [f.split(":", 1)[0] for f in report.failed_items]))
+    assert outcomes[:3] == [(False, [f"bronze review {key} error"])] * 2 + [(False, [f"bronze review {key} quarantined"])]
+    assert outcomes[3] == (True, [])  # nothing new failed: the quarantined file is not reported again
+
+
+def test_a_file_another_worker_holds_is_reported_as_waiting(settings):
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=200, changes=False, now=SEED_TIME)
+    register_new_objects(settings, lake.raw, lake.ledger, LandingCursor())
+    held = lake.ledger.items(status=Status.PENDING, table_name="review")[0]
+    lake.ledger.claim(held.control_id, "worker-killed-mid-file", settings.lease_seconds)  # then dies
+    report = run_pipeline(settings)
+    assert report.ok  # nothing failed ...
+    assert len(report.held_elsewhere) == 1  # ... but the file is not in silver yet, and the report says so
+    assert held.object_key in report.held_elsewhere[0] and "worker-killed-mid-file" in report.held_elsewhere[0]
+
+
+def test_a_failed_step_says_why(settings):
+    report = run_pipeline(settings)  # an empty lake: review_flat has no silver tables to join
+    assert not report.ok
+    assert any("GoldInputMissing" in f and "does not exist yet: build silver first" in f for f in report.failed_steps), \
+        report.failed_steps
 
 
 def test_run_applies_the_change_scenario_exactly_and_is_idempotent(settings):

@@ -46,6 +46,11 @@ def test_land_status_and_requeue(dm_home, tmp_path):
     requeued = runner.invoke(main, ["requeue", item.control_id])
     assert requeued.exit_code == 0 and "1 item(s) back to pending" in requeued.output
     assert lake.ledger.get(item.control_id).status == Status.PENDING
+    # a mistyped id, or one that is not failed, is said so instead of "0 item(s)" and success
+    typo = runner.invoke(main, ["requeue", "b-nosuchitem"])
+    assert typo.exit_code != 0 and "no ledger item with control id b-nosuchitem" in typo.output
+    again = runner.invoke(main, ["requeue", item.control_id])
+    assert again.exit_code == 0 and f"not requeued {item.control_id}: it is pending" in again.output
 
 
 def test_query_reports_unknown_tables_clearly(dm_home):

@@ -153,6 +153,31 @@ def quarantine_unprocessable(service, items: list[LedgerItem], warn) -> list[Led
     return runnable
 
 
+_ENDED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def _instance_or_none(context: dg.SensorEvaluationContext) -> dg.DagsterInstance | None:
+    try:
+        return context.instance
+    except dg.DagsterInvariantViolationError:  # a context built without one (unit tests)
+        return None
+
+
+def _live_run_key(instance: dg.DagsterInstance | None, key: str) -> str:
+    """``key``, or a later generation of it when a run under it already ended: the batch's items are
+    still claimable at the same attempts, so that run never claimed them (canceled while queued,
+    failed before the asset body ran), and Dagster never starts a second run for a used key."""
+    if instance is None:
+        return key
+    generation = 0
+    while True:
+        candidate = key if generation == 0 else f"{key}.g{generation}"
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": candidate}), limit=1)
+        if not runs or runs[0].status not in _ENDED:
+            return candidate
+        generation += 1
+
+
 bronze_job = dg.define_asset_job(
     "bronze_job", selection=dg.AssetSelection.groups(BRONZE_GROUP), tags={"datamaster/layer": "bronze"}
 )
@@ -172,9 +197,10 @@ def bronze_control_sensor(context: dg.SensorEvaluationContext, lake: LakeResourc
     claimable = service.ledger.claimable(Layer.BRONZE.value, limit=10 * settings.batch_max_files)
     runnable = quarantine_unprocessable(service, claimable, context.log.warning)
     batches = plan_batches(runnable, max_files=settings.batch_max_files, max_bytes=settings.batch_max_bytes)
+    instance = _instance_or_none(context)
     requests = [
         dg.RunRequest(
-            run_key=batch.run_key,
+            run_key=_live_run_key(instance, batch.run_key),
             asset_selection=[bronze_key(batch.table_name)],
             run_config={"ops": {op_name(bronze_key(batch.table_name)): {"config": {"control_ids": batch.control_ids}}}},
             tags={"datamaster/layer": "bronze", "datamaster/table": batch.table_name,

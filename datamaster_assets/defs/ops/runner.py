@@ -28,6 +28,9 @@ class PipelineReport:
     failed_checks: list[str] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
     failed_items: list[str] = field(default_factory=list)  # ledger items this run left in error/quarantined
+    # Items another worker still holds (a live lease): not processed by this run, not failed either.
+    # A crashed worker's files wait here until its lease expires; the next run then takes them.
+    held_elsewhere: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -38,12 +41,22 @@ class PipelineReport:
         return self.success and not self.failures
 
 
-def _failed_item_ids(lake) -> set[str]:
+def _failed_item_ids(lake) -> dict[str, tuple[str, int]]:
+    """Failed items with their (status, attempts): an item already failed before the run that this
+    run tried again (attempts went up) and that failed again is a failure of this run too."""
     return {
-        i.control_id
+        i.control_id: (i.status.value, i.attempt_count)
         for status in (Status.ERROR, Status.QUARANTINED)
         for i in lake.ledger.items(status=status)
     }
+
+
+def _root_cause(error) -> str:
+    """The innermost cause's message: Dagster wraps the asset's exception in
+    DagsterExecutionStepExecutionError, whose own message names only the op."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else ""
 
 
 def _plain(value: Any) -> Any:
@@ -83,8 +96,13 @@ def run_pipeline(settings: Settings | None = None, *, log_level: str = "INFO") -
                 )
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             error = event.event_specific_data.error
-            report.failed_steps.append(f"step {event.step_key} failed: {error.message.strip() if error else ''}")
-    for control_id in sorted(_failed_item_ids(lake) - failed_before):
+            report.failed_steps.append(f"step {event.step_key} failed: {_root_cause(error)}")
+    for item in lake.ledger.items(status=Status.RUNNING):
+        until = f"{item.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC" if item.lease_expires_at else "its lease expires"
+        report.held_elsewhere.append(f"{item.layer} {item.table_name} {item.object_key}: held by {item.lease_owner} "
+                                     f"until {until} (attempt {item.attempt_count})")
+    failed_after = _failed_item_ids(lake)
+    for control_id in sorted(c for c, state in failed_after.items() if failed_before.get(c) != state):
         item = lake.ledger.get(control_id)
         report.failed_items.append(f"{item.layer} {item.table_name} {item.object_key} {item.status.value}: {item.error_message}")
     return report
