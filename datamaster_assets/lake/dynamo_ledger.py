@@ -33,6 +33,7 @@ from datamaster_assets.lake.ledger_records import (
     completed_stats,
     encode_stats,
     encode_ts,
+    exhausted_error_message,
     expired_lease_message,
     failed_status,
     is_claimable,
@@ -228,7 +229,7 @@ class DynamoLedger:
         filters, values = _scope_filters(layer, table_name)
         per_status = {
             Status.PENDING: ([], {}),
-            Status.ERROR: (["attempt_count < :max"], {":max": self.max_attempts}),
+            Status.ERROR: ([], {}),
             Status.RUNNING: (["lease_expires_at <= :now"], {":now": encode_ts(now)}),
         }
         found: list[LedgerItem] = []
@@ -324,7 +325,8 @@ class DynamoLedger:
     def claim(self, control_id: str, owner: str, lease_seconds: int, now: datetime | None = None) -> LedgerItem | None:
         """pending | error (attempts left) | running with an expired lease (attempts left) -> running.
 
-        A running item whose lease expired with its attempts used up is quarantined instead and
+        A running item whose lease expired with its attempts used up is quarantined instead, and so
+        is an error item past this ledger's max_attempts (failed by a worker that allowed more);
         None is returned.
         """
         validate_owner(owner)
@@ -379,6 +381,19 @@ class DynamoLedger:
                     ":now": now_ts,
                     ":stats": encode_stats(with_last_error(current.stats, current.error_message)),
                     ":max": self.max_attempts,
+                    ":seen_attempt": current.attempt_count,
+                },
+            )
+        elif current is not None and current.status is Status.ERROR and current.attempt_count >= self.max_attempts:
+            self._update(
+                control_id,
+                "SET #status = :quarantined, error_message = :message, finished_at = :now",
+                "#status = :error AND attempt_count = :seen_attempt",
+                {
+                    ":quarantined": Status.QUARANTINED.value,
+                    ":error": Status.ERROR.value,
+                    ":message": exhausted_error_message(current, self.max_attempts),
+                    ":now": now_ts,
                     ":seen_attempt": current.attempt_count,
                 },
             )

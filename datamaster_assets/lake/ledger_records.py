@@ -158,12 +158,12 @@ def new_record(reg: Registration, created_at: datetime) -> dict[str, Any]:
 
 
 def is_claimable(item: LedgerItem, now: datetime, max_attempts: int) -> bool:
-    """What ``claimable()`` lists. Expired running items are listed whatever their attempts:
-    the claim is what either reruns them or, attempts exhausted, quarantines them."""
-    if item.status is Status.PENDING:
+    """What ``claimable()`` lists. Error items and expired running items are listed whatever their
+    attempts: the claim is what either reruns them or, attempts used up, quarantines them. (An error
+    item can be past this process's ``max_attempts`` when the worker that failed it allowed more; left
+    out, it would stay in ``error`` with nobody to retry or quarantine it.)"""
+    if item.status in (Status.PENDING, Status.ERROR):
         return True
-    if item.status is Status.ERROR:
-        return item.attempt_count < max_attempts
     if item.status is Status.RUNNING:
         return item.lease_expires_at is not None and item.lease_expires_at <= now
     return False
@@ -191,6 +191,13 @@ def expired_lease_message(item: LedgerItem, max_attempts: int) -> str:
     return (
         f"lease of {item.lease_owner!r} expired on attempt {item.attempt_count} of {max_attempts} "
         f"(worker lost); quarantined"
+    )
+
+
+def exhausted_error_message(item: LedgerItem, max_attempts: int) -> str:
+    return (
+        f"{item.error_message or 'failed'} (attempt {item.attempt_count} failed and this process allows "
+        f"{max_attempts}, DATAMASTER_MAX_ATTEMPTS; quarantined)"
     )
 
 

@@ -23,6 +23,7 @@ from datamaster_assets.lake.ledger_records import (
     failed_status,
     encode_stats,
     encode_ts,
+    exhausted_error_message,
     expired_lease_message,
     item_from_record,
     lease_lost_message,
@@ -176,11 +177,11 @@ class SqliteLedger:
             # every finished item of the layer
             f"SELECT * FROM ledger_items {where} AND status IN ('pending', 'error', 'running') AND ("
             " status = 'pending'"
-            " OR (status = 'error' AND attempt_count < ?)"
+            " OR status = 'error'"
             " OR (status = 'running' AND lease_expires_at <= ?))"
             " ORDER BY created_at, control_id LIMIT ?"
         )
-        rows = self._conn.execute(sql, [*params, self.max_attempts, now_ts, limit])
+        rows = self._conn.execute(sql, [*params, now_ts, limit])
         return [item_from_record(dict(r)) for r in rows]
 
     def counts(self) -> dict[tuple[str, str, str], int]:
@@ -218,7 +219,8 @@ class SqliteLedger:
         """pending | error (attempts left) | running with an expired lease (attempts left) -> running.
 
         A running item whose lease expired with its attempts used up is quarantined instead (its
-        worker died on the last attempt) and None is returned.
+        worker died on the last attempt), and so is an error item past this ledger's max_attempts
+        (failed by a worker that allowed more); None is returned.
         """
         validate_owner(owner)
         now = resolve_now(now)
@@ -254,6 +256,12 @@ class SqliteLedger:
                         now_ts,
                         self.max_attempts,
                     ),
+                )
+            elif current is not None and current.status is Status.ERROR and current.attempt_count >= self.max_attempts:
+                tx.execute(
+                    "UPDATE ledger_items SET status = 'quarantined', error_message = ?, finished_at = ?"
+                    " WHERE control_id = ? AND status = 'error' AND attempt_count = ?",
+                    (exhausted_error_message(current, self.max_attempts), now_ts, control_id, current.attempt_count),
                 )
             return None
 

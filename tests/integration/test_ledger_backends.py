@@ -267,6 +267,22 @@ def test_attempts_are_bounded_then_quarantined(make_ledger: LedgerFactory) -> No
     assert ledger.claimable("bronze", now=at(100)) == []
 
 
+def test_an_error_past_this_processs_max_attempts_is_quarantined_not_stranded(make_ledger: LedgerFactory) -> None:
+    """A worker allowing 5 attempts fails an item twice; a process allowing 2 (another
+    DATAMASTER_MAX_ATTEMPTS) must not leave it in error for nobody: its claim quarantines it."""
+    lenient, strict = make_ledger(max_attempts=5), make_ledger(max_attempts=2)
+    item, _ = lenient.register(reg("a"), now=T0)
+    for attempt in (1, 2):
+        lenient.claim(item.control_id, "lambda", LEASE, now=at(attempt * 10))
+        assert lenient.fail(item.control_id, "lambda", "S3 throttled", now=at(attempt * 10 + 1)).status == Status.ERROR
+    assert [i.control_id for i in strict.claimable("bronze", now=at(30))] == [item.control_id]
+    assert strict.claim(item.control_id, "dagster", LEASE, now=at(30)) is None
+    final = strict.get(item.control_id)
+    assert (final.status, final.attempt_count) == (Status.QUARANTINED, 2)
+    assert final.error_message.startswith("S3 throttled") and "this process allows 2" in final.error_message
+    assert strict.claimable("bronze", now=at(31)) == [] and lenient.claimable("bronze", now=at(31)) == []
+
+
 def test_error_item_keeps_last_error_while_retrying(ledger: Ledger) -> None:
     item, _ = ledger.register(reg("a"), now=T0)
     ledger.claim(item.control_id, "w1", LEASE, now=at(1))
@@ -278,7 +294,6 @@ def test_error_item_keeps_last_error_while_retrying(ledger: Ledger) -> None:
     assert done.error_message is None and done.stats == {"n": 1, "last_error": "S3 throttled"}
 
 
-@pytest.mark.aws
 class LostFirstResponse:
     """A DynamoDB client whose next UpdateItem is applied but its response lost, so botocore's
     retry sends it again (and the retry then fails its condition)."""
@@ -296,6 +311,7 @@ class LostFirstResponse:
         return self.client.update_item(**kwargs)  # the retry
 
 
+@pytest.mark.aws
 def test_dynamo_claim_whose_response_was_lost_is_still_won(aws_env) -> None:
     """botocore resends an UpdateItem whose response was lost; the resent claim fails its condition
     because the first one was applied. The claim must still be this owner's."""
