@@ -91,6 +91,13 @@ def maintain_lake(lake: Lake, *, now: datetime | None = None, policy: RetentionP
         except CommitFailedException as exc:
             report.failures[(layer, name)] = f"{identifier}: another writer committed first, nothing deleted: {exc}"
             continue
+        except (ValueError, OSError) as exc:
+            # The metadata changed under this run (another maintenance run expired these snapshots
+            # and deleted their manifests first: pyiceberg raises ValueError for a snapshot already
+            # gone, reading a deleted manifest FileNotFoundError). expire_table deletes last, so
+            # nothing was deleted; the next run starts from fresh metadata.
+            report.failures[(layer, name)] = f"{identifier}: snapshot expiry not done, nothing deleted: {exc}"
+            continue
         try:
             report.orphans[(layer, name)] = remove_orphan_files(table, now=now, policy=report.policy, dry_run=dry_run,
                                                                 manifest_cache=manifests)

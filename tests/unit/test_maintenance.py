@@ -233,6 +233,20 @@ def test_maintain_lake_reports_a_table_it_could_not_maintain_and_goes_on(lake, m
     assert len(calls) == 4 and all(r.expired for r in report.tables.values())  # the other three silver tables
 
 
+def test_maintain_lake_goes_on_when_another_maintenance_run_expired_a_table_first(lake, monkeypatch):
+    for _ in range(2):
+        write_silver(lake, silver_set())
+    policy = RetentionPolicy(timedelta(0), retain_last=1)
+    stale = lake.catalog.load_table("silver.beer")  # this run loaded it; another run then expires it
+    expire_table(lake.catalog.load_table("silver.beer"), now=LATER, policy=policy)
+    real_load = lake.catalog.load_table
+    monkeypatch.setattr(lake.catalog, "load_table", lambda ident: stale if ident == "silver.beer" else real_load(ident))
+    report = maintain_lake(lake, now=LATER, policy=policy)
+    assert list(report.failures) == [("silver", "beer")] and "nothing deleted" in report.failures[("silver", "beer")]
+    assert report.tables[("silver", "review")].expired  # the tables after it are still maintained
+    assert real_load("silver.beer").scan().to_arrow().num_rows > 0
+
+
 # ---- orphan files -------------------------------------------------------------------------------
 
 
