@@ -1,7 +1,7 @@
 """The Iceberg catalog of one environment, and the one way the project reads Iceberg tables.
 
-Local: pyiceberg ``SqlCatalog`` (SQLite at ``settings.catalog_path``) with a ``file://``
-warehouse at ``settings.warehouse_dir``. AWS: the Glue Data Catalog with an ``s3://`` warehouse
+Local: pyiceberg ``SqlCatalog`` (SQLite at ``settings.catalog_path``) with its warehouse, a
+plain local path, at ``settings.warehouse_dir``. AWS: the Glue Data Catalog with an ``s3://`` warehouse
 in the lake bucket. Credentials are never read from settings: the Glue/S3 clients use the
 standard AWS chain, plus the ``AWS_*`` environment variables passed explicitly (and
 ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_GLUE`` / ``AWS_ENDPOINT_URL_S3`` so the whole path
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 import pyarrow as pa
@@ -32,6 +33,14 @@ if TYPE_CHECKING:
 LAYERS = ("bronze", "silver", "gold")
 
 
+def _sqlite_uri(path: Path) -> str:
+    """SQLAlchemy URL of a SQLite file, escaped: a "?" or "%" in the path would otherwise be read
+    as a query string or an escape (a home "/tmp/q?r" opened the catalog at "/tmp/q")."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(path)).render_as_string()
+
+
 def catalog_properties(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The pyiceberg catalog properties for the environment (pure: settings + environment in)."""
     env = os.environ if environ is None else environ
@@ -39,8 +48,10 @@ def catalog_properties(settings: Settings, environ: Mapping[str, str] | None = N
         settings.warehouse_dir.mkdir(parents=True, exist_ok=True)
         return {
             "type": "sql",
-            "uri": f"sqlite:///{settings.catalog_path.absolute()}",
-            "warehouse": settings.warehouse_dir.absolute().as_uri(),
+            "uri": _sqlite_uri(settings.catalog_path.absolute()),
+            # A plain path, not as_uri(): pyiceberg does not decode a file:// URI, so a home with a
+            # space or "=" (percent-encoded) would put every table in a sibling ".../a%20b" directory.
+            "warehouse": str(settings.warehouse_dir.absolute()),
         }
     props = {
         "type": "glue",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from datamaster_assets.lake.catalog import (
     build_catalog,
@@ -24,13 +25,28 @@ def test_local_catalog_is_sqlite_with_a_file_warehouse(tmp_path: Path):
     assert props == {
         "type": "sql",
         "uri": f"sqlite:///{tmp_path / 'catalog.sqlite'}",
-        "warehouse": (tmp_path / "warehouse").as_uri(),
+        "warehouse": str(tmp_path / "warehouse"),
     }
     catalog = build_catalog(settings, {})
     ensure_namespace(catalog, "silver")
     ensure_namespace(catalog, "silver")  # a second worker racing to create it is fine
     assert ("silver",) in catalog.list_namespaces()
     assert table_identifier(settings, "silver", "review") == "silver.review"
+
+
+@pytest.mark.parametrize("name", ["a b=c", "p%20q", "q?r", "x#y", "\u00fc \u00f1"])
+def test_a_home_with_uri_special_characters_keeps_everything_inside_it(tmp_path: Path, name: str):
+    home = tmp_path / name / "home"
+    settings = Settings(home=home)
+    catalog = build_catalog(settings, {})
+    ensure_namespace(catalog, "silver")
+    table = load_or_create_table(catalog, "silver.t", pa.schema([("a", pa.int64())]))
+    table.append(pa.table({"a": [1, 2]}))
+    assert read_iceberg_table(catalog, "silver.t").num_rows == 2
+    assert (home / "catalog.sqlite").is_file()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(p.is_relative_to(home) for p in written)  # no ".../a%20b=c" sibling, no "/q"
+    assert any(p.suffix == ".parquet" for p in (home / "warehouse").rglob("*"))
 
 
 def test_aws_properties_use_glue_s3_and_endpoint_overrides():
