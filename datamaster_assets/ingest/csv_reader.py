@@ -42,7 +42,7 @@ class CsvLayout:
     def notes(self) -> list[str]:
         out = []
         if self.extra:
-            out.append(f"extra columns ignored: {', '.join(self.extra)}")
+            out.append(f"extra columns ignored: {', '.join(name or '(unnamed)' for name in self.extra)}")
         if self.missing_nullable:
             out.append(f"nullable columns missing from the file, loaded as null: {', '.join(self.missing_nullable)}")
         return out
@@ -67,7 +67,9 @@ def split_header(first: Chunk, contract: Contract, source_key: str) -> tuple[Csv
         header = [name.strip() for name in next(csv.reader([text], strict=True))]
     except csv.Error as exc:
         raise BadInputError(source_key, f"header is not valid CSV: {exc}", line=1) from exc
-    dupes = sorted({n for n in header if header.count(n) > 1})
+    # A contract column named twice is ambiguous; a repeated column the contract ignores (Excel's
+    # trailing empty ",," columns, two "comment" columns) is just an extra column.
+    dupes = sorted({n for n in header if header.count(n) > 1 and n in set(contract.column_names)})
     if dupes:
         raise BadInputError(source_key, f"duplicate header columns {dupes}", line=1)
     names = set(header)
@@ -84,7 +86,7 @@ def split_header(first: Chunk, contract: Contract, source_key: str) -> tuple[Csv
         header=header,
         present=[c for c in contract.columns if c.name in names],
         missing_nullable=[c.name for c in missing],
-        extra=[n for n in header if n not in set(contract.column_names)],
+        extra=list(dict.fromkeys(n for n in header if n not in set(contract.column_names))),
     )
     rest = b"" if end < 0 else first.data[end + 1 :]
     return layout, Chunk(rest, first.first_line + 1, max(first.line_count - 1, 0))
@@ -121,6 +123,18 @@ def _pyarrow_would_be_lenient(data: bytes | bytearray) -> bool:
     return b'"' in data and _TEXT_AFTER_CLOSING_QUOTE.search(data) is not None
 
 
+def _ends_inside_quotes(data: bytes | bytearray) -> bool:
+    """Whether the chunk's last line leaves a quote open. pyarrow takes the end of the buffer as
+    the closing quote and loads the row, where the row-by-row parser refuses it ("unexpected end of
+    data"); so a quoted newline split by a chunk boundary, or an unclosed quote on a file's last
+    line, would load or not depending on the chunking. (An unclosed quote on an earlier line
+    swallows the lines after it and is caught by the row count.) A literal quote in an unquoted
+    field is a false alarm that only costs the slow path."""
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    start = data.rfind(b"\n", 0, end) + 1
+    return data.count(b'"', start, end) % 2 == 1
+
+
 def _assemble(contract: Contract, n: int, typed: dict[str, pa.Array]) -> pa.Table:
     arrays = [typed[c.name] if c.name in typed else pa.nulls(n, c.arrow_type) for c in contract.columns]
     return pa.Table.from_arrays(arrays, schema=contract_columns_schema(contract))
@@ -148,7 +162,7 @@ class CsvReader:
         data = chunk.data
         if not data or data[:1] in (b"\n", b"\r"):
             return None  # blank lines: the slow path skips them and keeps line numbers right
-        if not is_utf8(data) or _pyarrow_would_be_lenient(data):
+        if not is_utf8(data) or _pyarrow_would_be_lenient(data) or _ends_inside_quotes(data):
             return None
         try:
             parsed = pacsv.read_csv(

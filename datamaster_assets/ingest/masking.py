@@ -62,11 +62,21 @@ def mask_table(table: pa.Table, contract: Contract, key: bytes) -> pa.Table:
 # Whole-value patterns: a column is flagged when a good share of its sampled values match.
 PII_PATTERNS: dict[str, str] = {
     "email address": r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
-    "phone number": r"^(\+\d{1,3}[ .-]?)?(\(\d{2,4}\)|\d{2,4})[ .-]\d{3,4}[ .-]?\d{3,4}$",
+    "phone number": r"^((\+\d{1,3}[ .-]?)?(\(\d{2,4}\)|\d{2,4})[ .-]\d{3,4}[ .-]?\d{3,4}|\+[1-9]\d{7,14})$",
     "US social security number": r"^\d{3}-\d{2}-\d{4}$",
     "payment card number": r"^\d{4}[ -]\d{4}[ -]\d{4}[ -]\d{1,7}$",
     "IPv4 address": r"^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$",
 }
+# A card number without separators is only told apart from any long id by its Luhn check digit.
+BARE_CARD_NUMBER = r"^\d{13,19}$"
+
+
+def passes_luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
 
 
 @dataclass
@@ -90,8 +100,11 @@ class PiiDetector:
                 continue
             values = pc.utf8_trim_whitespace(values)
             self.sampled[name] = self.sampled.get(name, 0) + len(values)
-            for label, pattern in PII_PATTERNS.items():
-                count = pc.sum(pc.match_substring_regex(values, pattern)).as_py() or 0
+            counts = {label: pc.sum(pc.match_substring_regex(values, pattern)).as_py() or 0
+                      for label, pattern in PII_PATTERNS.items()}
+            bare = values.filter(pc.match_substring_regex(values, BARE_CARD_NUMBER)).to_pylist()
+            counts["payment card number"] += sum(passes_luhn(v) for v in bare)
+            for label, count in counts.items():
                 if count:
                     self.hits[(name, label)] = self.hits.get((name, label), 0) + count
 

@@ -341,6 +341,7 @@ SAME_VERDICT_CASES = [
     ("review", "csv", b"1_0,2,3,4,4.5,4,4,4,4,1073452775,n", None, "'1_0' is not an integer"),
     ("review", "csv", b"9223372036854775808,2,3,4,4.5,4,4,4,4,1073452775,n", None, "out of range for int64"),
     ("review", "csv", b"7,2,3,4,4.5,4,4,4,4,1073452775,caf\xe9", None, "invalid UTF-8"),  # in an extra column
+    ("review", "csv", b'7,2,3,4,4.5,4,4,4,4,1073452775,"never closed', None, "malformed CSV"),  # pyarrow: EOF closes it
     ("review", "json", json.dumps({**FLAT, "review_id": 2**63}).encode(), None, "out of range for int64"),
     ("review", "json", json.dumps({**FLAT, "review_overall": 10**400}).encode(), None, "inf is above max 5"),
     ("review", "json", json.dumps({**FLAT, "seq": 4.7}).encode(), None, "sequence: 4.7 is not an integer"),
@@ -370,6 +371,35 @@ def test_a_value_gets_the_same_verdict_on_either_path(tmp_path, table, fmt, line
         assert out.column(key).to_pylist() == [accepted]
         assert all(r["line"] != first_line for r in rejects)
     assert outcome.rejected == (accepted is None) + neighbour
+
+
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_a_quote_left_open_at_a_chunk_end_does_not_depend_on_batch_size(tmp_path, final_newline):
+    # a quoted newline in an ignored free-text column: with one line per chunk the first half ended
+    # a chunk and pyarrow took the end of the buffer as the closing quote, loading review 3
+    lines = [HEADER + ",note"] + [review_line(i) + ",ok" for i in range(1, 6)]
+    lines[3] = review_line(3) + ',"first half'
+    lines.insert(4, 'second half"')
+    body = "\n".join(lines) + ("\n" if final_newline else "")
+    results = []
+    for batch_rows in (1, 2, 3, 1000):
+        outcome, out, rejects = run(tmp_path, gz(body), batch_rows=batch_rows)
+        results.append((out.column("review_id").to_pylist(), [(r["line"], r["reason"]) for r in rejects]))
+    assert results[0][0] == [1, 2, 4, 5]
+    assert [line for line, _ in results[0][1]] == [4, 5]
+    assert all(r == results[0] for r in results)
+    # the same line alone at the end of the file
+    outcome, out, rejects = run(tmp_path, gz(HEADER + ",note\n" + review_line(1) + ',"open' + ("\n" if final_newline else "")))
+    assert out.num_rows == 0 and rejects[0]["line"] == 2 and "malformed CSV" in rejects[0]["reason"]
+
+
+def test_repeated_ignored_columns_are_extra_columns_but_a_repeated_contract_column_is_bad_input(tmp_path):
+    # Excel writes trailing empty columns as ",,": two columns named ""
+    outcome, out, rejects = run(tmp_path, gz(HEADER + ",note,note,,\n" + review_line(1) + ",a,b,,\n"))
+    assert out.column("review_id").to_pylist() == [1] and not rejects
+    assert "extra columns ignored: note, (unnamed)" in outcome.notes[0]
+    with pytest.raises(BadInputError, match=r"duplicate header columns \['review_id'\]"):
+        run(tmp_path, gz(HEADER + ",review_id\n" + review_line(1) + ",1\n"))
 
 
 def test_a_header_that_is_not_csv_is_bad_input(tmp_path):

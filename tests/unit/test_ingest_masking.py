@@ -66,5 +66,24 @@ def test_detector_flags_lookalikes_only_in_untagged_string_columns():
     assert not any("'name'" in f or "'email'" in f for f in findings)
 
 
+def test_detector_flags_e164_phones_and_bare_card_numbers_but_not_long_ids():
+    contract = parse_contract({
+        "name": "t", "primary_key": ["id"],
+        "columns": [{"name": "id", "type": "int64", "nullable": False}, {"name": "phone", "type": "string"},
+                    {"name": "card", "type": "string"}, {"name": "order_ref", "type": "string"}],
+    })
+    detector = PiiDetector(contract)
+    detector.observe(pa.table({
+        "id": [1, 2, 3],
+        "phone": ["+15551234567", "+442071838750", "+4915123456789"],
+        "card": ["4111111111111111", "5500005555555559", "378282246310005"],  # test numbers, Luhn-valid
+        "order_ref": ["4111111111111112", "5500005555555550", "378282246310001"],  # same length, no check digit
+    }))
+    findings = detector.findings()
+    assert any("'phone'" in f and "phone number" in f for f in findings)
+    assert any("'card'" in f and "payment card number" in f for f in findings)
+    assert not any("'order_ref'" in f for f in findings)
+
+
 def test_profile_contract_email_is_tagged():
     assert get_contract("profile").pii_columns == {"email": "email"}

@@ -28,6 +28,13 @@ class BronzeRunConfig(dg.Config):
     control_ids: list[str] = []
 
 
+def item_notes(metadata: dict) -> list[str]:
+    """A processed item's notes (extra/missing columns, possible PII, ...): a newline-joined string
+    from the worker's metadata, or a list."""
+    notes = metadata.get("notes") or []
+    return notes.splitlines() if isinstance(notes, str) else [str(n) for n in notes]
+
+
 def bronze_metadata(outcomes: list[ItemOutcome]) -> dict:
     """One materialization's metadata for a batch of processed files."""
     done = [o.metadata for o in outcomes if o.status == "success"]
@@ -43,6 +50,9 @@ def bronze_metadata(outcomes: list[ItemOutcome]) -> dict:
         "duration_ms": sum(int(o.metadata.get("duration_ms") or 0) for o in outcomes),
         "compute_targets": ", ".join(sorted({o.compute_target for o in outcomes})) or "none",
     }
+    noted = [(m.get("control_id"), note) for m in done for note in item_notes(m)]
+    if noted:  # the PII detector reports here: it never masks or blocks, so it must be seen
+        metadata["notes"] = dg.MetadataValue.md("\n".join(f"- `{cid}`: {note}" for cid, note in noted))
     if failed:
         metadata["failures"] = dg.MetadataValue.md(
             "\n".join(f"- `{o.control_id}` **{o.status}**: {o.error_message}" for o in failed)
@@ -115,6 +125,8 @@ def make_bronze_asset(contract: Contract, reject_rate_threshold: float) -> dg.As
             log(f"{item.control_id} {outcome.status} on {outcome.compute_target}: read={m.get('records_read', 0)} "
                 f"accepted={m.get('accepted', 0)} rejected={m.get('rejected', 0)} -> {m.get('output_key') or '-'}"
                 + (f" ({outcome.error_message})" if outcome.error_message else ""))
+            for note in item_notes(m) if outcome.status == "success" else []:
+                (context.log.warning if note.startswith("possible PII") else context.log.info)(f"{item.control_id}: {note}")
             outcomes.append(outcome)
         return dg.MaterializeResult(
             metadata=bronze_metadata(outcomes), check_results=bronze_check_results(outcomes, reject_rate_threshold)
