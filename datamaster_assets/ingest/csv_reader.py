@@ -48,6 +48,9 @@ class CsvLayout:
         return out
 
 
+BARE_CR = "the line holds a bare CR (\\r, classic Mac line ends?): only LF or CRLF line ends are supported"
+
+
 def split_header(first: Chunk, contract: Contract, source_key: str) -> tuple[CsvLayout, Chunk]:
     """Read the header line off the first chunk; check it against the contract.
 
@@ -66,7 +69,8 @@ def split_header(first: Chunk, contract: Contract, source_key: str) -> tuple[Csv
     try:
         header = [name.strip() for name in next(csv.reader([text], strict=True))]
     except csv.Error as exc:
-        raise BadInputError(source_key, f"header is not valid CSV: {exc}", line=1) from exc
+        hint = f"; {BARE_CR}" if "\r" in text else ""  # csv's own text suggests a Python open mode
+        raise BadInputError(source_key, f"header is not valid CSV: {exc}{hint}", line=1) from exc
     # A contract column named twice is ambiguous; a repeated column the contract ignores (Excel's
     # trailing empty ",," columns, two "comment" columns) is just an extra column.
     dupes = sorted({n for n in header if header.count(n) > 1 and n in set(contract.column_names)})
@@ -201,7 +205,8 @@ class CsvReader:
             try:
                 fields = next(csv.reader([text], strict=True))
             except csv.Error as exc:
-                rejects.append(Reject(line, raw, None, f"malformed CSV: {exc}"))
+                reason = BARE_CR if "\r" in text else exc
+                rejects.append(Reject(line, raw, None, f"malformed CSV: {reason}"))
                 continue
             if len(fields) != width:
                 rejects.append(Reject(line, raw, None, f"expected {width} fields, found {len(fields)}"))

@@ -402,6 +402,13 @@ def test_repeated_ignored_columns_are_extra_columns_but_a_repeated_contract_colu
         run(tmp_path, gz(HEADER + ",review_id\n" + review_line(1) + ",1\n"))
 
 
+def test_bare_cr_line_ends_are_named_as_such(tmp_path):
+    with pytest.raises(BadInputError, match=r"line 1: header is not valid CSV: .*bare CR"):
+        run(tmp_path, gz((HEADER + "\r" + review_line(1) + "\r").encode()))
+    outcome, out, rejects = run(tmp_path, gz((HEADER + "\n" + review_line(1) + "\r" + review_line(2) + "\n").encode()))
+    assert out.num_rows == 0 and rejects[0]["line"] == 2 and "bare CR" in rejects[0]["reason"]
+
+
 def test_a_header_that_is_not_csv_is_bad_input(tmp_path):
     with pytest.raises(BadInputError, match=r"line 1: header is not valid CSV"):
         run(tmp_path, gz(b'review_id,"brew\rery_id"x\n1,2\n'))
