@@ -122,6 +122,8 @@ def requeue(control_ids: tuple[str, ...], table: str | None, layer: str | None, 
     """Bring quarantined (or errored) items back to pending, attempts reset."""
     if not (control_ids or table or layer or requeue_all):
         raise click.UsageError("name CONTROL_IDS, or --table/--layer, or --all")
+    from datamaster_assets.lake.ledger import Status
+
     lake = _lake()
     items = lake.ledger.requeue(list(control_ids) or None, table_name=table, layer=layer)
     for item in items:
@@ -135,7 +137,7 @@ def requeue(control_ids: tuple[str, ...], table: str | None, layer: str | None, 
         current = lake.ledger.get(control_id)
         if current is None:
             unknown.append(control_id)
-        elif current.status.value in ("quarantined", "error"):
+        elif current.status in (Status.QUARANTINED, Status.ERROR):
             click.echo(f"not requeued {control_id}: {current.layer}/{current.table_name} is outside --table/--layer", err=True)
         else:
             click.echo(f"not requeued {control_id}: it is {current.status.value} "

@@ -111,12 +111,10 @@ def check_references_resolve(
             # beer/brewery/profile was deleted (null labels, docs/gold.md), so a source-side delete
             # of a referenced row must not block review_flat and gold for good. Deleted targets
             # are reported in the metadata.
-            ids = target[ref_col].combine_chunks()
-            orphan_mask = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=ids)))
-            live_ids = live_rows(target)[ref_col].combine_chunks()
-            deleted = pc.and_(pc.and_(pc.is_valid(values), pc.is_in(values, value_set=ids)),
-                              pc.invert(pc.is_in(values, value_set=live_ids)))
-            meta[f"deleted_targets_{col_name}"] = pc.sum(deleted).as_py() or 0
+            known = pc.and_(pc.is_valid(values), pc.is_in(values, value_set=target[ref_col].combine_chunks()))
+            orphan_mask = pc.and_(pc.is_valid(values), pc.invert(known))
+            alive = pc.is_in(values, value_set=live_rows(target)[ref_col].combine_chunks())
+            meta[f"deleted_targets_{col_name}"] = pc.sum(pc.and_(known, pc.invert(alive))).as_py() or 0
         orphans = values.filter(orphan_mask)
         distinct = pc.count_distinct(orphans).as_py() if len(orphans) else 0
         meta[f"orphans_{col_name}"] = len(orphans)
