@@ -67,6 +67,7 @@ PII_PATTERNS: dict[str, str] = {
     "payment card number": r"^\d{4}[ -]\d{4}[ -]\d{4}[ -]\d{1,7}$",
     "IPv4 address": r"^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$",
 }
+PII_NOTE = "possible PII"  # how the detector's notes start (the bronze asset logs them as warnings)
 # A card number without separators is only told apart from any long id by its Luhn check digit.
 BARE_CARD_NUMBER = r"^\d{13,19}$"
 
@@ -114,7 +115,7 @@ class PiiDetector:
             sampled = self.sampled[name]
             if count / sampled >= self.min_share:
                 out.append(
-                    f"possible PII: untagged column {name!r} looks like {label} "
+                    f"{PII_NOTE}: untagged column {name!r} looks like {label} "
                     f"({count} of {sampled} sampled values); tag it in the contract if so"
                 )
         return out

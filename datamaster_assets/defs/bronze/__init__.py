@@ -7,6 +7,7 @@ from datamaster_assets.contracts import Contract, load_contracts
 from datamaster_assets.defs.compute import BronzeCompute, ItemOutcome
 from datamaster_assets.defs.raw import raw_key
 from datamaster_assets.defs.resources import LakeResource
+from datamaster_assets.ingest.masking import PII_NOTE
 from datamaster_assets.lake.batching import plan_batches
 from datamaster_assets.lake.landing import file_format_of
 from datamaster_assets.lake.ledger import Layer, LedgerItem
@@ -29,10 +30,9 @@ class BronzeRunConfig(dg.Config):
 
 
 def item_notes(metadata: dict) -> list[str]:
-    """A processed item's notes (extra/missing columns, possible PII, ...): a newline-joined string
-    from the worker's metadata, or a list."""
-    notes = metadata.get("notes") or []
-    return notes.splitlines() if isinstance(notes, str) else [str(n) for n in notes]
+    """A processed item's notes (extra/missing columns, possible PII, ...), which the worker's
+    metadata carries newline-joined."""
+    return str(metadata.get("notes") or "").splitlines()
 
 
 def bronze_metadata(outcomes: list[ItemOutcome]) -> dict:
@@ -126,7 +126,7 @@ def make_bronze_asset(contract: Contract, reject_rate_threshold: float) -> dg.As
                 f"accepted={m.get('accepted', 0)} rejected={m.get('rejected', 0)} -> {m.get('output_key') or '-'}"
                 + (f" ({outcome.error_message})" if outcome.error_message else ""))
             for note in item_notes(m) if outcome.status == "success" else []:
-                (context.log.warning if note.startswith("possible PII") else context.log.info)(f"{item.control_id}: {note}")
+                (context.log.warning if note.startswith(PII_NOTE) else context.log.info)(f"{item.control_id}: {note}")
             outcomes.append(outcome)
         return dg.MaterializeResult(
             metadata=bronze_metadata(outcomes), check_results=bronze_check_results(outcomes, reject_rate_threshold)
