@@ -9,7 +9,6 @@ files of a batch still go through.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,9 +22,11 @@ from datamaster_assets.ingest.keys import bronze_key_for, rejects_key_for
 from datamaster_assets.lake.factory import Lake
 from datamaster_assets.lake.landing import landed_at_of
 from datamaster_assets.lake.ledger import Layer, LeaseLost, LedgerItem, Registration, Status
+from datamaster_assets.lake.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 _clock = time.monotonic  # lease-renewal clock (a seam for tests)
+SCRATCH_PREFIX = "datamaster-bronze-"
 
 
 @dataclass
@@ -157,8 +158,8 @@ def process_bronze_item(lake: Lake, control_id: str, *, owner: str, now: datetim
     result = BronzeItemResult(control_id, item.table_name, Status.RUNNING.value)
     outcome: BronzeOutcome | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix="bronze-") as tmp:
-            outcome, bronze_key, rejects_key, silver_id = _convert_item(lake, item, owner, Path(tmp), now)
+        with scratch_dir(SCRATCH_PREFIX) as tmp:
+            outcome, bronze_key, rejects_key, silver_id = _convert_item(lake, item, owner, tmp, now)
         result.duration_ms = int((time.perf_counter() - started) * 1000)
         result.records_read = outcome.records_read
         result.accepted = outcome.accepted

@@ -168,3 +168,23 @@ def test_lease_lost_during_conversion_is_skipped_and_not_completed(lake, monkeyp
     assert result.status == "skipped" and "taken over by w2" in result.error_message
     assert lake.ledger.get(cid).status == Status.RUNNING  # left to the lease holder
     assert lake.ledger.items(layer="silver") == []
+
+
+def test_a_killed_workers_scratch_dir_is_removed_by_the_next_item(lake, tmp_path, monkeypatch):
+    # a worker SIGKILLed mid-conversion (OOM, Lambda timeout) leaves its scratch dir with an owner
+    # file nobody holds a lock on; in a warm Lambda those would fill /tmp
+    import tempfile
+
+    from datamaster_assets.lake.scratch import OWNER_FILE
+    from datamaster_assets.workers.bronze import SCRATCH_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    abandoned = tmp_path / "scratch" / f"{SCRATCH_PREFIX}killed"
+    abandoned.mkdir()
+    (abandoned / OWNER_FILE).write_text("")
+    (abandoned / "out.parquet").write_bytes(b"x" * 4096)
+
+    cid = land(lake, "review", "20261122T040000000000Z-r.csv.gz", csv_payload(3), "csv")
+    assert process_bronze_item_now(lake, cid).status == "success"
+    assert list((tmp_path / "scratch").iterdir()) == []
