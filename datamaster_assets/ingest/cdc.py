@@ -56,6 +56,9 @@ KNOWN_METADATA_KEYS = {
 }
 SAMPLE_LINES = 20
 ENVELOPE_KEYS = ("data", "metadata")
+# What a chunk's lines must all start with to take the fast path (see parse_fast): a line with
+# leading blanks, or a blank line, goes line by line.
+LINE_START = b"{"
 
 
 def _is_envelope(obj: Any) -> bool:
@@ -139,8 +142,10 @@ class CdcReader:
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
             return None
-        if parsed.num_rows != chunk.line_count:
-            return None  # blank lines were skipped: line numbers would not match
+        if parsed.num_rows != chunk.line_count or not chunk.lines_start_alike:
+            # pyarrow skips blank lines and reads two objects on one line as two rows, so rows
+            # match lines only when the counts agree and every line starts with "{"
+            return None
         if not envelope and any(parsed.column(name).null_count < parsed.num_rows for name in self._envelope_markers):
             return None  # envelope lines mixed into a flattened chunk: sort them out line by line
         parsed = parsed.combine_chunks()

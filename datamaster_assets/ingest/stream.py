@@ -31,6 +31,9 @@ class Chunk:
     data: bytes | bytearray  # whole lines, newline-terminated except possibly the file's last line
     first_line: int  # physical 1-based line number of the first line in ``data``
     line_count: int
+    # Whether every line's first byte is the ``line_start`` byte ``iter_chunks`` was asked about
+    # (always False when it was not asked).
+    lines_start_alike: bool = False
 
     def lines(self) -> list[bytes]:
         """The chunk's lines without their terminators ("\\n" or "\\r\\n")."""
@@ -112,6 +115,20 @@ def count_newlines(data: bytes | bytearray) -> int:
     return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == NEWLINE))
 
 
+def count_lines(data: bytes | bytearray, line_start: int | None = None) -> tuple[int, bool]:
+    """The number of lines in ``data`` (the last one may lack its newline) and, when ``line_start``
+    is given, whether every line begins with that byte. The second answer costs ~0.5 ms more per
+    4 MiB chunk than counting alone (the newline positions instead of their count)."""
+    ends_with_newline = data.endswith(b"\n")
+    if line_start is None:
+        return count_newlines(data) + (0 if ends_with_newline else 1), False
+    text = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(text == NEWLINE)
+    starts = (ends[:-1] if ends_with_newline else ends) + 1
+    alike = len(text) > 0 and text[0] == line_start and bool((text[starts] == line_start).all())
+    return len(ends) + (0 if ends_with_newline else 1), alike
+
+
 def is_utf8(data: bytes | bytearray) -> bool:
     """Whether ``data`` is valid UTF-8 (Arrow's validator: ~0.2 ms per 4 MiB). The typed readers
     only check the fields they keep, so a chunk is checked whole before they may take it: a line
@@ -145,7 +162,7 @@ def _fill(stream: BinaryIO, size: int, leftover: bytes, source_key: str, next_li
     return buf
 
 
-def _read_chunks(stream: BinaryIO, source_key: str, batch_lines: int) -> Iterator[Chunk]:
+def _read_chunks(stream: BinaryIO, source_key: str, batch_lines: int, line_start: int | None = None) -> Iterator[Chunk]:
     """Chunks of about ``batch_lines`` lines: the mean line length measured on the first 64 KiB
     turns the line target into a byte target, so no per-line scanning is needed."""
     leftover = b""
@@ -185,8 +202,8 @@ def _read_chunks(stream: BinaryIO, source_key: str, batch_lines: int) -> Iterato
             else:
                 piece = buf[start : cut + 1]
                 start = cut + 1
-            lines = count_newlines(piece) + (0 if piece.endswith(b"\n") else 1)
-            yield Chunk(piece, next_line, lines)
+            lines, alike = count_lines(piece, line_start)
+            yield Chunk(piece, next_line, lines, alike)
             next_line += lines
         if eof:
             if leftover:
@@ -200,16 +217,18 @@ _DONE = object()
 
 
 def iter_chunks(
-    source: Path | BinaryIO, source_key: str, batch_lines: int, queue_depth: int = 1
+    source: Path | BinaryIO, source_key: str, batch_lines: int, queue_depth: int = 1, line_start: bytes | None = None
 ) -> Iterator[Chunk]:
-    """Decompressed, line-aligned chunks of ``source``, read ahead on a background thread."""
+    """Decompressed, line-aligned chunks of ``source``, read ahead on a background thread. With
+    ``line_start`` (one byte), each chunk also tells whether all its lines begin with it."""
+    start_byte = None if line_start is None else line_start[0]
     stream, handles = open_decompressed(source, source_key)
     chunks: queue.Queue = queue.Queue(maxsize=queue_depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for chunk in _read_chunks(stream, source_key, batch_lines):
+            for chunk in _read_chunks(stream, source_key, batch_lines, start_byte):
                 while not stop.is_set():
                     try:
                         chunks.put(chunk, timeout=0.1)

@@ -412,3 +412,29 @@ def test_bare_cr_line_ends_are_named_as_such(tmp_path):
 def test_a_header_that_is_not_csv_is_bad_input(tmp_path):
     with pytest.raises(BadInputError, match=r"line 1: header is not valid CSV"):
         run(tmp_path, gz(b'review_id,"brew\rery_id"x\n1,2\n'))
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t"])
+def test_two_objects_on_one_line_are_rejected_even_when_a_blank_line_evens_the_count(tmp_path, blank):
+    # pyarrow reads `{..}{..}` as two rows and skips a blank line: in one chunk the row count still
+    # equals the line count, which once let the chunk through with every later line number one off
+    rows = [envelope("insert", {"brewery_id": i, "brewery_name": f"B{i}"}) for i in range(1, 6)]
+    text = "\n".join([rows[0], rows[1] + rows[2], blank, rows[3], rows[4]]) + "\n"
+    outcome, table, rejects = run(tmp_path, gz(text), table="brewery", fmt="json", name="raw/brewery/b.json.gz")
+    assert (outcome.records_read, outcome.accepted, outcome.rejected) == (4, 3, 1)
+    assert table.column("brewery_id").to_pylist() == [1, 4, 5]
+    assert table.column("_source_line").to_pylist() == [1, 4, 5]
+    assert [(r["line"], r["reason"].split(":")[0]) for r in rejects] == [(2, "not JSON")]
+
+
+def test_count_lines_tells_whether_every_line_starts_alike():
+    from datamaster_assets.ingest.stream import count_lines
+
+    brace = ord("{")
+    assert count_lines(b'{"a":1}\n{"a":2}\n', brace) == (2, True)
+    assert count_lines(b'{"a":1}\n{"a":2}', brace) == (2, True)
+    assert count_lines(b'{"a":1}\n\n{"a":2}\n', brace) == (3, False)
+    assert count_lines(b' {"a":1}\n', brace) == (1, False)
+    assert count_lines(b'{"a":1}\n {"a":2}', brace) == (2, False)
+    assert count_lines(b"", brace) == (1, False)
+    assert count_lines(b'{"a":1}\n{"a":2}\n', None) == (2, False)
