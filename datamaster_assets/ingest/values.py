@@ -19,8 +19,12 @@ import pyarrow.compute as pc
 from datamaster_assets.contracts import Column
 
 TIMESTAMP_US_UTC = pa.timestamp("us", tz="UTC")
-# Epoch seconds beyond this overflow int64 microseconds.
-MAX_EPOCH_SECONDS = (2**63 - 1) // 1_000_000
+# Epoch seconds the bronze timestamp can hold *and* every reader can turn into a datetime:
+# 0001-01-01 .. 9999-12-31T23:59:59 UTC. int64 microseconds reach year ~294,000, but a value past
+# year 9999 (epoch milliseconds by mistake: 1255599527000) cannot be a Python datetime, so the rules,
+# the rejects' reasons, pyiceberg and DuckDB's Python results would fail on it (OverflowError).
+MIN_EPOCH_SECONDS = -62_135_596_800
+MAX_EPOCH_SECONDS = 253_402_300_799
 
 
 class ValueRejected(ValueError):
@@ -46,8 +50,8 @@ def to_bronze_column(column: Column, values: pa.Array | pa.ChunkedArray) -> tupl
     if column.type == "timestamp" and column.source_format == "epoch_seconds":
         low, high = pc.min_max(values).values()
         out_of_range = None
-        if low.is_valid and (low.as_py() < -MAX_EPOCH_SECONDS or high.as_py() > MAX_EPOCH_SECONDS):
-            out_of_range = pc.greater(pc.abs(values), MAX_EPOCH_SECONDS)
+        if low.is_valid and (low.as_py() < MIN_EPOCH_SECONDS or high.as_py() > MAX_EPOCH_SECONDS):
+            out_of_range = pc.or_(pc.less(values, MIN_EPOCH_SECONDS), pc.greater(values, MAX_EPOCH_SECONDS))
             values = pc.if_else(out_of_range, None, values)
         micros = pc.multiply(values, 1_000_000)
         return micros.cast(TIMESTAMP_US_UTC), out_of_range
@@ -144,7 +148,7 @@ def _epoch_micros(value: Any) -> int:
         seconds = _to_float(value)
         if not math.isfinite(seconds):
             raise ValueRejected(f"{_fmt(value)} is not a finite epoch time")
-    if abs(seconds) > MAX_EPOCH_SECONDS:
+    if not MIN_EPOCH_SECONDS <= seconds <= MAX_EPOCH_SECONDS:
         raise ValueRejected(f"{_fmt(value)} is out of range for epoch seconds")
     return value * 1_000_000 if isinstance(seconds, int) else round(seconds * 1_000_000)
 

@@ -319,6 +319,23 @@ def test_epoch_out_of_range_is_rejected_not_overflowed(tmp_path):
     assert "review_time" in reasons[3] and "below min" in reasons[3]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_epoch_beyond_year_9999_is_a_rejected_row_not_a_crash(tmp_path, fmt):
+    # epoch milliseconds by mistake: fits int64 microseconds, but is year 41,757
+    if fmt == "csv":
+        payload = HEADER + "\n" + review_line(1) + "\n" + review_line(2, time="1255599527000") + "\n"
+        name = "raw/review/ms.csv.gz"
+    else:
+        row = dict(FLAT)
+        payload = "\n".join(json.dumps({**row, "review_id": i, "review_time": t, "operation": "insert"})
+                             for i, t in ((1, 1073452775), (2, 1255599527000))) + "\n"
+        name = "raw/review/ms.json.gz"
+    outcome, table, rejects = run(tmp_path, gz(payload), fmt=fmt, name=name)
+    assert (outcome.records_read, outcome.accepted, outcome.rejected) == (2, 1, 1)
+    assert table.column("review_id").to_pylist() == [1]
+    assert rejects[0]["field"] == "review_time" and "out of range" in rejects[0]["reason"]
+
+
 def test_cdc_forms_mixed_in_one_file(tmp_path):
     flat = {"brewery_id": 1, "brewery_name": "A", "operation": "insert", "timestamp": "2012-01-31T10:00:00Z"}
     lines = [json.dumps(flat), envelope("update", {"brewery_id": 1, "brewery_name": "B"}),
