@@ -56,9 +56,10 @@ KNOWN_METADATA_KEYS = {
 }
 SAMPLE_LINES = 20
 ENVELOPE_KEYS = ("data", "metadata")
-# What a chunk's lines must all start with to take the fast path (see parse_fast): a line with
-# leading blanks, or a blank line, goes line by line.
-LINE_START = b"{"
+# What a chunk's lines must all start and end with to take the fast path (see parse_fast). Then
+# every newline sits in "}\n{", which JSON allows only between top-level values, so no object
+# spans two lines. A blank line, or blanks around a line, send the chunk line by line.
+LINE_FRAME = b"{}"
 
 
 def _is_envelope(obj: Any) -> bool:
@@ -142,9 +143,10 @@ class CdcReader:
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
             return None
-        if parsed.num_rows != chunk.line_count or not chunk.lines_start_alike:
-            # pyarrow skips blank lines and reads two objects on one line as two rows, so rows
-            # match lines only when the counts agree and every line starts with "{"
+        if parsed.num_rows != chunk.line_count or not chunk.lines_framed:
+            # pyarrow skips blank lines, reads two objects on one line as two rows and an object
+            # split over two lines as one, so rows match lines only when the counts agree and no
+            # object can span lines (LINE_FRAME)
             return None
         if not envelope and any(parsed.column(name).null_count < parsed.num_rows for name in self._envelope_markers):
             return None  # envelope lines mixed into a flattened chunk: sort them out line by line

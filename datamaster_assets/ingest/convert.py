@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from datamaster_assets.contracts import BRONZE_LINEAGE, Contract, get_contract
 from datamaster_assets.ingest.batch import ParsedBatch, Reject
-from datamaster_assets.ingest.cdc import LINE_START as JSON_LINE_START, CdcReader
+from datamaster_assets.ingest.cdc import LINE_FRAME as JSON_LINE_FRAME, CdcReader
 from datamaster_assets.ingest.csv_reader import CsvReader, split_header
 from datamaster_assets.ingest.errors import BadInputError
 from datamaster_assets.ingest.masking import PiiDetector, mask_table
@@ -222,7 +222,7 @@ def convert_to_bronze(
     change_ts_filled = 0
     writer = _ParquetOutput(parquet_out, contract.bronze_schema)
     chunks = iter_chunks(source, source_key, min(batch_rows, PARSE_CHUNK_ROWS),
-                         line_start=JSON_LINE_START if file_format == "json" else None)
+                         line_frame=JSON_LINE_FRAME if file_format == "json" else None)
     pool = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="bronze-parse")
     pending: deque[Future[_ChunkResult]] = deque()
 

@@ -444,14 +444,32 @@ def test_two_objects_on_one_line_are_rejected_even_when_a_blank_line_evens_the_c
     assert [(r["line"], r["reason"].split(":")[0]) for r in rejects] == [(2, "not JSON")]
 
 
-def test_count_lines_tells_whether_every_line_starts_alike():
+def test_an_object_split_over_two_lines_cannot_even_out_two_objects_on_one_line(tmp_path):
+    # the second part of the split line starts with "{", so "every line starts with {" holds and
+    # pyarrow's row count (one for the split object, two for the doubled line) equals the lines
+    rows = [envelope("insert", {"brewery_id": i, "brewery_name": f"B{i}"}) for i in range(1, 6)]
+    cut = rows[1].index('"metadata": ') + len('"metadata": ')
+    text = "\n".join([rows[0], rows[1][:cut], rows[1][cut:], rows[2] + rows[3], rows[4]]) + "\n"
+    outcome, table, rejects = run(tmp_path, gz(text), table="brewery", fmt="json", name="raw/brewery/b.json.gz")
+    assert (outcome.records_read, outcome.accepted, outcome.rejected) == (5, 2, 3)
+    assert table.column("brewery_id").to_pylist() == [1, 5]
+    assert table.column("_source_line").to_pylist() == [1, 5]
+    assert [r["line"] for r in rejects] == [2, 3, 4]
+
+
+def test_count_lines_tells_whether_every_line_is_framed():
     from datamaster_assets.ingest.stream import count_lines
 
-    brace = ord("{")
-    assert count_lines(b'{"a":1}\n{"a":2}\n', brace) == (2, True)
-    assert count_lines(b'{"a":1}\n{"a":2}', brace) == (2, True)
-    assert count_lines(b'{"a":1}\n\n{"a":2}\n', brace) == (3, False)
-    assert count_lines(b' {"a":1}\n', brace) == (1, False)
-    assert count_lines(b'{"a":1}\n {"a":2}', brace) == (2, False)
-    assert count_lines(b"", brace) == (1, False)
+    braces = b"{}"
+    assert count_lines(b'{"a":1}\n{"a":2}\n', braces) == (2, True)
+    assert count_lines(b'{"a":1}\n{"a":2}', braces) == (2, True)
+    assert count_lines(b'{"a":1}\r\n{"a":2}\r\n', braces) == (2, True)
+    assert count_lines(b'{"a":1}\n{"a":2}\r', braces) == (2, True)
+    assert count_lines(b'{"a":1}\n\n{"a":2}\n', braces) == (3, False)
+    assert count_lines(b' {"a":1}\n', braces) == (1, False)
+    assert count_lines(b'{"a":1}\n {"a":2}', braces) == (2, False)
+    assert count_lines(b'{"a":1} \n', braces) == (1, False)
+    assert count_lines(b'{"a":\n{"b":2}}\n', braces) == (2, False)
+    assert count_lines(b'{\n', braces) == (1, False)
+    assert count_lines(b"", braces) == (1, False)
     assert count_lines(b'{"a":1}\n{"a":2}\n', None) == (2, False)
