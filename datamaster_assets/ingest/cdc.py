@@ -203,7 +203,10 @@ class CdcReader:
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                # decoded strictly: json.loads(bytes) would take UTF-16/32 by its byte pattern and
+                # encoded surrogates (b"\xed\xa0\x80") through "surrogatepass". A leading BOM is
+                # skipped, as json.loads(bytes) and pyarrow skip it.
+                obj = json.loads(bytes(raw).decode("utf-8").removeprefix("\ufeff"))
             except UnicodeDecodeError as exc:
                 rejects.append(Reject(line, raw, None, f"invalid UTF-8 at byte {exc.start}"))
                 continue

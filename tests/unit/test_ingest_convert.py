@@ -473,3 +473,19 @@ def test_count_lines_tells_whether_every_line_is_framed():
     assert count_lines(b'{\n', braces) == (1, False)
     assert count_lines(b"", braces) == (1, False)
     assert count_lines(b'{"a":1}\n{"a":2}\n', None) == (2, False)
+
+
+@pytest.mark.parametrize("bad", [b"\xed\xa0\x80", b"\xed\xbf\xbf"])
+def test_encoded_surrogates_are_invalid_utf8_even_in_an_ignored_field(tmp_path, bad):
+    good = envelope("insert", {"brewery_id": 1, "brewery_name": "A"}).encode()
+    worse = envelope("insert", {"brewery_id": 2, "brewery_name": "B"}).encode().replace(b'"dm"', b'"d' + bad + b'm"')
+    outcome, table, rejects = run(tmp_path, gz(good + b"\n" + worse + b"\n"), table="brewery", fmt="json",
+                                  name="raw/brewery/s.json.gz")
+    assert (outcome.accepted, outcome.rejected) == (1, 1)
+    assert rejects[0]["line"] == 2 and "invalid UTF-8" in rejects[0]["reason"]
+
+
+def test_a_utf16_line_is_not_taken_for_json(tmp_path):
+    line = envelope("insert", {"brewery_id": 1, "brewery_name": "A"}).encode("utf-16-le")
+    outcome, table, rejects = run(tmp_path, gz(line + b"\n"), table="brewery", fmt="json", name="raw/brewery/u.json.gz")
+    assert (outcome.accepted, outcome.rejected) == (0, 1)
