@@ -40,7 +40,10 @@ from datamaster_assets.ingest.values import (
 )
 
 # Change metadata: in ``metadata`` for the envelope, at the top level when flattened.
-SEQUENCE_FIELDS = ("transaction-record-id", "change_seq", "seq")
+# Sequence fields order changes across the whole source, because silver compares them across
+# files. DMS's ``transaction-record-id`` is "the record offset within a transaction" (it restarts in
+# every transaction), so it is not one: within a file, the line order already follows it.
+SEQUENCE_FIELDS = ("change_seq", "seq")
 METADATA_FIELDS = pa.schema(
     [
         ("operation", pa.string()),

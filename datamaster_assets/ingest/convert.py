@@ -137,6 +137,9 @@ def _utc(ts: datetime, name: str) -> datetime:
     return ts.astimezone(timezone.utc)
 
 
+NO_SEQUENCE = pa.scalar(0, pa.int64())  # _change_seq of a row whose source gives no sequence
+
+
 class _Lineage:
     """Appends the BRONZE_LINEAGE columns to accepted rows."""
 
@@ -150,6 +153,15 @@ class _Lineage:
     def _constant(value: pa.Scalar, n: int) -> pa.DictionaryArray:
         return pa.DictionaryArray.from_arrays(pa.repeat(pa.scalar(0, pa.int32()), n), pa.array([value.as_py()], pa.string()))
 
+    @staticmethod
+    def _sequence(n: int, change_seq: pa.Array | None) -> pa.Array:
+        """The source's own sequence where a line has one, else NO_SEQUENCE. Never the line number:
+        silver compares sequences across files, where line 6 of an earlier file would beat line 1
+        of a later one at the same change time; with NO_SEQUENCE such ties go to (file, line)."""
+        if change_seq is None:
+            return pa.repeat(NO_SEQUENCE, n)
+        return change_seq if not change_seq.null_count else pc.coalesce(change_seq, NO_SEQUENCE)
+
     def columns(self, n: int, lines: pa.Array, ops, change_ts, change_seq) -> list[pa.Array]:
         """The lineage columns of ``n`` accepted rows; rows without a change time get the batch time."""
         if change_ts is None:
@@ -162,7 +174,7 @@ class _Lineage:
             pa.repeat(self.ingested_at, n),
             self._constant(pa.scalar("load"), n) if ops is None else pc.dictionary_encode(ops),
             change_ts,
-            lines if change_seq is None else pc.coalesce(change_seq, lines),
+            self._sequence(n, change_seq),
             lines,
         ]
 

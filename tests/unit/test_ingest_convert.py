@@ -8,6 +8,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -59,7 +61,7 @@ def test_clean_csv_is_typed_with_lineage(tmp_path, batch_rows):
     assert set(table.column("_control_id").to_pylist()) == {"b-test"}
     # physical line numbers: the header is line 1
     assert table.column("_source_line").to_pylist() == [2, 3, 4, 5, 6]
-    assert table.column("_change_seq").to_pylist() == [2, 3, 4, 5, 6]
+    assert table.column("_change_seq").to_pylist() == [0] * 5  # a CSV extract has no sequence: ties go to (file, line)
     assert rejects == []
     assert not (tmp_path / "rejects.jsonl.gz").exists()
 
@@ -201,7 +203,8 @@ def test_cdc_envelope_ops_control_lineage_and_masking(tmp_path, batch_rows):
     assert table.column("_op").to_pylist() == ["load", "insert", "update", "delete"]
     assert table.column("profile_id").to_pylist() == [1, 2, 1, 2]
     assert table.column("_source_line").to_pylist() == [2, 3, 4, 5]
-    assert table.column("_change_seq").to_pylist() == [2, 3, 5, 5]  # transaction-record-id wins over the line
+    # no source-wide sequence: transaction-record-id restarts in every transaction, a line number in every file
+    assert table.column("_change_seq").to_pylist() == [0, 0, 0, 0]
     assert table.column("_change_ts")[2].as_py() == datetime(2012, 1, 31, 11, tzinfo=timezone.utc)
     assert table.column("_change_ts")[0].as_py() == datetime(2012, 1, 31, 10, 0, 0, 123, tzinfo=timezone.utc)
     emails = table.column("email").to_pylist()
@@ -489,3 +492,25 @@ def test_a_utf16_line_is_not_taken_for_json(tmp_path):
     line = envelope("insert", {"brewery_id": 1, "brewery_name": "A"}).encode("utf-16-le")
     outcome, table, rejects = run(tmp_path, gz(line + b"\n"), table="brewery", fmt="json", name="raw/brewery/u.json.gz")
     assert (outcome.accepted, outcome.rejected) == (0, 1)
+
+
+def test_equal_change_times_across_files_follow_file_order_not_line_numbers(tmp_path):
+    # sources with 1 s timestamps (MySQL binlog, Oracle) give many changes the same time; a later
+    # file's change on line 1 must win over an earlier file's change on line 6
+    from datamaster_assets.transform.silver import merge_changes
+
+    ts = "2012-01-31T10:00:00Z"
+    first = [envelope("insert", {"brewery_id": i, "brewery_name": f"B{i}"}, ts=ts) for i in range(1, 6)]
+    first.append(envelope("update", {"brewery_id": 1, "brewery_name": "older"}, ts=ts, **{"transaction-record-id": 9}))
+    second = [envelope("update", {"brewery_id": 1, "brewery_name": "newer"}, ts=ts, **{"transaction-record-id": 0})]
+    tables = []
+    for name, lines in (("raw/brewery/20120131T100001Z-a.json.gz", first), ("raw/brewery/20120131T100002Z-b.json.gz", second)):
+        sub = tmp_path / name.rsplit("/", 1)[-1].split(".")[0]
+        sub.mkdir()
+        tables.append(run(sub, gz("\n".join(lines) + "\n"), table="brewery", fmt="json", name=name)[1])
+    contract = get_contract("brewery")
+    together = merge_changes(None, pa.concat_tables(tables), contract).table
+    one_by_one = merge_changes(merge_changes(None, tables[0], contract).table, tables[1], contract).table
+    for silver in (together, one_by_one):
+        row = silver.filter(pc.equal(silver["brewery_id"], 1)).to_pylist()[0]
+        assert row["brewery_name"] == "newer"
