@@ -111,6 +111,9 @@ class Settings:
     ecs_task_definition: str = "datamaster-bronze-worker"
     ecs_subnets: tuple[str, ...] = ()
     ecs_security_groups: tuple[str, ...] = ()
+    # Fargate tasks in public subnets (no NAT, no VPC endpoints) need a public IP to pull the image
+    # from ECR and reach S3/DynamoDB/Logs/Secrets Manager.
+    ecs_assign_public_ip: bool = False
     emr_application_id: str = ""
     emr_execution_role_arn: str = ""
     emr_log_group: str = "/aws/emr-serverless/datamaster"
@@ -164,6 +167,9 @@ class Settings:
         glue_databases = _glue_databases(e.get("DATAMASTER_GLUE_DATABASES", ""))
         subnets = tuple(s for s in e.get("DATAMASTER_ECS_SUBNETS", "").split(",") if s)
         security_groups = tuple(s for s in e.get("DATAMASTER_ECS_SECURITY_GROUPS", "").split(",") if s)
+        public_ip = (e.get("DATAMASTER_ECS_ASSIGN_PUBLIC_IP") or "false").strip().lower()
+        if public_ip not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"DATAMASTER_ECS_ASSIGN_PUBLIC_IP must be true or false, got {public_ip!r}")
         return cls(
             env=env,  # type: ignore[arg-type]
             home=Path(e.get("DATAMASTER_HOME", ".datamaster")).absolute(),
@@ -193,6 +199,7 @@ class Settings:
             ecs_task_definition=e.get("DATAMASTER_ECS_TASK_DEFINITION", "datamaster-bronze-worker"),
             ecs_subnets=subnets,
             ecs_security_groups=security_groups,
+            ecs_assign_public_ip=public_ip in ("true", "1", "yes"),
             emr_application_id=e.get("DATAMASTER_EMR_APPLICATION_ID", ""),
             emr_execution_role_arn=e.get("DATAMASTER_EMR_EXECUTION_ROLE_ARN", ""),
             emr_log_group=e.get("DATAMASTER_EMR_LOG_GROUP") or "/aws/emr-serverless/datamaster",

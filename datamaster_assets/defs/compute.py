@@ -247,6 +247,7 @@ class BronzeCompute(dg.ConfigurableResource):
             ecs_task_definition=settings.ecs_task_definition,
             ecs_subnets=list(settings.ecs_subnets),
             ecs_security_groups=list(settings.ecs_security_groups),
+            ecs_assign_public_ip=settings.ecs_assign_public_ip,
         )
         values.update(overrides)
         return cls(**values)
