@@ -126,3 +126,17 @@ def test_ecs_public_ip_is_off_by_default_and_settable():
 
     assert vpc({})["assignPublicIp"] == "DISABLED"
     assert vpc({"DATAMASTER_ECS_ASSIGN_PUBLIC_IP": "true"})["assignPublicIp"] == "ENABLED"
+
+
+def test_the_longest_name_prefix_gives_valid_bucket_names_in_every_region():
+    doc, errors = decode(str(INFRA / "storage.yaml"))
+    assert not errors
+    pattern = doc["Parameters"]["NamePrefix"]["AllowedPattern"]
+    longest = int(re.search(r"\{2,(\d+)\}", pattern).group(1)) + 1
+    prefix = "d" * longest
+    assert re.fullmatch(pattern, prefix) and not re.fullmatch(pattern, prefix + "x")
+    for bucket in ("RawBucket", "LakeBucket"):
+        template = doc["Resources"][bucket]["Properties"]["BucketName"]["Fn::Sub"]
+        name = (template.replace("${NamePrefix}", prefix).replace("${AWS::AccountId}", "123456789012")
+                .replace("${AWS::Region}", "ap-southeast-3"))  # among the longest region names
+        assert len(name) <= 63, name
