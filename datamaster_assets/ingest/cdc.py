@@ -17,7 +17,7 @@ line so only the offending lines are rejected.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,6 +63,29 @@ ENVELOPE_KEYS = ("data", "metadata")
 # every newline sits in "}\n{", which JSON allows only between top-level values, so no object
 # spans two lines. A blank line, or blanks around a line, send the chunk line by line.
 LINE_FRAME = b"{}"
+
+
+class _Repeated(dict):
+    """A JSON object in which some names appear more than once (``json`` keeps the last value)."""
+
+    __slots__ = ("repeated",)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    out = _Repeated(obj)
+    seen: set[str] = set()
+    out.repeated = {name for name, _ in pairs if name in seen or seen.add(name)}
+    return out
+
+
+def _repeated(obj: Any, names: Iterable[str]) -> str | None:
+    """The first of ``names`` that appears more than once in ``obj``, if any."""
+    if isinstance(obj, _Repeated):
+        return next((name for name in names if name in obj.repeated), None)
+    return None
 
 
 def _is_envelope(obj: Any) -> bool:
@@ -209,7 +232,7 @@ class CdcReader:
                 # decoded strictly: json.loads(bytes) would take UTF-16/32 by its byte pattern and
                 # encoded surrogates (b"\xed\xa0\x80") through "surrogatepass". A leading BOM is
                 # skipped, as json.loads(bytes) and pyarrow skip it.
-                obj = json.loads(bytes(raw).decode("utf-8").removeprefix("\ufeff"))
+                obj = json.loads(bytes(raw).decode("utf-8").removeprefix("\ufeff"), object_pairs_hook=_object)
             except UnicodeDecodeError as exc:
                 rejects.append(Reject(line, raw, None, f"invalid UTF-8 at byte {exc.start}"))
                 continue
@@ -223,8 +246,19 @@ class CdcReader:
             if envelope:
                 row = obj.get("data") if isinstance(obj.get("data"), dict) else {}
                 meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+                wrong = next((k for k in ENVELOPE_KEYS if obj.get(k) is not None and not isinstance(obj[k], dict)), None)
+                if wrong:
+                    rejects.append(Reject(line, raw, wrong, f"{wrong}: not a JSON object but {type(obj[wrong]).__name__}"))
+                    continue
+                repeated = (_repeated(obj, ENVELOPE_KEYS) or _repeated(row, self.contract.column_names)
+                            or _repeated(meta, METADATA_FIELDS.names))
             else:
                 row, meta = obj, obj
+                repeated = _repeated(obj, self._flat_schema.names)
+            if repeated:
+                # the fast reader refuses such a line too: which value is meant is not knowable
+                rejects.append(Reject(line, raw, repeated, f"{repeated}: given more than once in one object"))
+                continue
             if meta.get("record-type") == "control":
                 control += 1
                 continue

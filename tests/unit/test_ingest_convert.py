@@ -372,6 +372,20 @@ SAME_VERDICT_CASES = [
     ("profile", "json", b'{"profile_id": 5, "profile_name": 1e2}', None, "100.0 is not a string"),
     ("profile", "json", b'{"profile_id": 5, "profile_name": 123}', 5, None),  # an integer keeps its digits
     ("review", "json", json.dumps({**FLAT, "review_id": 1e2}).encode(), 100, None),  # integral: loads
+    # a name that matters given twice: which value is meant is not knowable (pyarrow refuses it too)
+    ("review", "json", json.dumps(FLAT)[:-1].encode() + b', "operation": "insert", "operation": "delete"}', None,
+     "operation: given more than once"),
+    ("review", "json", json.dumps(FLAT)[:-1].encode() + b', "review_overall": 1.0}', None,
+     "review_overall: given more than once"),
+    ("profile", "json", b'{"data": {"profile_id": 5, "profile_id": 6}, "metadata": {"operation": "insert"}}', None,
+     "profile_id: given more than once"),
+    ("profile", "json", b'{"data": {"profile_id": 5}, "metadata": {"operation": "insert", "operation": "delete"}}',
+     None, "operation: given more than once"),
+    # ...one that does not (an ignored key) is ignored on both paths
+    ("profile", "json", b'{"data": {"profile_id": 5, "profile_name": "x"}, "metadata": {"schema-name": "a", "schema-name": "b"}}',
+     5, None),
+    ("profile", "json", b'{"profile_id": 5, "profile_name": "x", "mood": 1, "mood": 2}', 5, None),
+    ("profile", "json", b'{"data": {"profile_id": 5}, "metadata": "insert"}', None, "metadata: not a JSON object"),
 ]
 
 
