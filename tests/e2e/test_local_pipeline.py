@@ -248,6 +248,31 @@ def test_a_failing_blocking_check_stops_gold(settings, tmp_path):
     assert not any(asset.startswith("gold/") for asset in report.materializations)
 
 
+def test_a_file_over_the_reject_rate_stays_out_of_silver_until_requeued(settings, tmp_path):
+    lake = open_lake(settings)
+    seed_raw(lake, reviews=2000, changes=False, now=SEED_TIME)
+    assert run_pipeline(settings).ok
+    noisy = tmp_path / "noisy.csv.gz"
+    noisy.write_bytes(gzip.compress(
+        b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,"
+        b"review_taste,review_time\n1,2,3,4,4.0,4.0,4.0,4.0,4.0,1200000000\n2,2,3,4,9.0,4.0,4.0,4.0,4.0,1200000000\n"))
+    land_file(lake.raw, "review", noisy, datetime(2026, 11, 2, tzinfo=timezone.utc))
+
+    report = run_pipeline(settings)
+    assert not report.ok
+    assert any("bronze/review:reject_rate failed" in f and "worst_rate=0.5" in f for f in report.failed_checks)
+    held = lake.ledger.items(layer="silver", status=Status.QUARANTINED)
+    assert len(held) == 1 and "noisy.csv.gz: 1 of 2 records rejected" in held[0].error_message
+    before = read_table(lake, "silver", "review")["updated_at"].to_pylist()
+
+    assert run_pipeline(settings).ok  # a later run does not merge the held file
+    assert read_table(lake, "silver", "review")["updated_at"].to_pylist() == before
+
+    lake.ledger.requeue([held[0].control_id])  # a person's decision
+    assert run_pipeline(settings).ok
+    assert lake.ledger.get(held[0].control_id).status == Status.SUCCESS
+
+
 def test_a_deleted_dimension_row_still_referenced_does_not_freeze_gold(settings, tmp_path):
     lake = open_lake(settings)
     seed_raw(lake, reviews=2000, changes=False, now=SEED_TIME)

@@ -60,10 +60,16 @@ def bronze_metadata(outcomes: list[ItemOutcome]) -> dict:
     return metadata
 
 
+def reject_rates(outcomes: list[ItemOutcome]) -> dict[str, float]:
+    """rejected / read per processed file (control id) that read any record."""
+    return {o.control_id: o.metadata.get("rejected", 0) / o.metadata["records_read"]
+            for o in outcomes if o.status == "success" and o.metadata.get("records_read")}
+
+
 def bronze_check_results(outcomes: list[ItemOutcome], reject_rate_threshold: float) -> list[dg.AssetCheckResult]:
     done = [o.metadata for o in outcomes if o.status == "success"]
     unbalanced = [m["control_id"] for m in done if m.get("accepted", 0) + m.get("rejected", 0) != m.get("records_read", 0)]
-    rates = {m["control_id"]: m.get("rejected", 0) / m["records_read"] for m in done if m.get("records_read")}
+    rates = reject_rates(outcomes)
     too_many = [cid for cid, rate in rates.items() if rate > reject_rate_threshold]
     return [
         dg.AssetCheckResult(
@@ -81,6 +87,31 @@ def bronze_check_results(outcomes: list[ItemOutcome], reject_rate_threshold: flo
             },
         ),
     ]
+
+
+def hold_files_over_reject_rate(lake, outcomes: list[ItemOutcome], threshold: float, *, owner: str, log) -> list[str]:
+    """Quarantine the silver item of every file whose reject rate is over the threshold, so its
+    accepted rows stay out of silver in later runs too (the blocking ``reject_rate`` check only
+    stops the run it fails in). ``datamaster status`` lists the item with the rate and the rejects
+    key; ``datamaster requeue <id>`` is the person's decision to merge the accepted rows anyway."""
+    held = []
+    rates = reject_rates(outcomes)
+    for o in outcomes:
+        m, rate = o.metadata, rates.get(o.control_id, 0.0)
+        if rate <= threshold:
+            continue
+        item = lake.ledger.get(o.control_id)
+        silver_id = (item.stats or {}).get("silver_control_id") if item is not None else None
+        if not silver_id or lake.ledger.claim(silver_id, owner, lake.settings.lease_seconds) is None:
+            continue
+        message = (f"{item.object_key}: {m.get('rejected', 0):,} of {m['records_read']:,} records rejected "
+                   f"({rate:.1%} > DATAMASTER_REJECT_RATE_THRESHOLD {threshold:g}), rejects in "
+                   f"{m.get('rejects_key') or '-'}; held out of silver: `datamaster requeue {silver_id}` merges "
+                   f"its accepted rows")
+        lake.ledger.fail(silver_id, owner, message, permanent=True)
+        log(message)
+        held.append(silver_id)
+    return held
 
 
 def make_bronze_asset(contract: Contract, reject_rate_threshold: float) -> dg.AssetsDefinition:
@@ -128,6 +159,8 @@ def make_bronze_asset(contract: Contract, reject_rate_threshold: float) -> dg.As
             for note in item_notes(m) if outcome.status == "success" else []:
                 (context.log.warning if note.startswith(PII_NOTE) else context.log.info)(f"{item.control_id}: {note}")
             outcomes.append(outcome)
+        hold_files_over_reject_rate(service, outcomes, reject_rate_threshold,
+                                    owner=f"dagster:{context.run_id}:{op_name(key)}:reject_rate", log=context.log.error)
         return dg.MaterializeResult(
             metadata=bronze_metadata(outcomes), check_results=bronze_check_results(outcomes, reject_rate_threshold)
         )

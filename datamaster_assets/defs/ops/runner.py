@@ -91,8 +91,10 @@ def run_pipeline(settings: Settings | None = None, *, log_level: str = "INFO") -
         if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
             if not evaluation.passed:
+                details = ", ".join(f"{k}={_plain(v)}" for k, v in (evaluation.metadata or {}).items())
                 report.failed_checks.append(
                     f"check {'/'.join(evaluation.asset_key.path)}:{evaluation.check_name} failed"
+                    + (f" ({details})" if details else "")
                 )
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             error = event.event_specific_data.error
