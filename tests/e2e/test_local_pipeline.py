@@ -84,6 +84,32 @@ def test_sensors_register_batch_and_run_bronze(settings, defs):
     assert len(review_files) == len(summary.tables["review"].keys)
 
 
+def test_a_tick_while_a_batch_is_mid_run_does_not_request_its_remaining_files_again(settings, defs, tmp_path):
+    # the run claims its files one by one, so those it has not reached still look claimable; each
+    # tick used to request another, overlapping run for them under a new key
+    from datamaster_assets.workers.bronze import process_bronze_item
+
+    lake = open_lake(settings)
+    header = (b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,"
+              b"review_palate,review_taste,review_time\n")
+    for n in range(3):
+        path = tmp_path / f"r{n}.csv.gz"
+        path.write_bytes(gzip.compress(header + f"{100 + n},1,1,1,4,4,4,4,4,1200000000\n".encode()))
+        land_file(lake.raw, "review", path, datetime(2026, 11, 2, n, tzinfo=timezone.utc))
+    instance = dg.DagsterInstance.get()
+    resources = {"lake": defs.resources["lake"]}
+    defs.get_sensor_def("raw_landing_sensor")(dg.build_sensor_context(instance=instance, resources=resources))
+    control = defs.get_sensor_def("bronze_control_sensor")
+    (request,) = control(dg.build_sensor_context(instance=instance, resources=resources)).run_requests
+    instance.add_run(dg.DagsterRun(job_name="bronze_job", status=dg.DagsterRunStatus.STARTED,
+                                   run_config=request.run_config, tags={**request.tags, "dagster/run_key": request.run_key}))
+    first = request.run_config["ops"]["bronze__review"]["config"]["control_ids"][0]
+    assert process_bronze_item(lake, first, owner="the-run").status == "success"
+
+    again = control(dg.build_sensor_context(instance=instance, resources=resources))
+    assert again.run_requests == []
+
+
 def test_a_batch_whose_run_ended_before_claiming_is_requested_again(settings, defs):
     """Dagster never starts a second run for a run key: a bronze run canceled while queued (or
     failed before its asset body ran) would otherwise leave its files pending for good."""

@@ -118,3 +118,15 @@ def test_landing_time_is_read_back_from_the_key():
     when = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
     assert landed_at_of(raw_key_for("review", "a.csv.gz", when), T0) == when
     assert landed_at_of("raw/review/2026/01/02/firehose-1.json.gz", T0) == T0  # not ours: fallback
+
+
+def test_files_of_a_bronze_run_in_flight_are_held_while_it_looks_alive():
+    from datamaster_assets.defs.bronze import held_by_live_runs
+
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    lease = 900
+    queued = (now - timedelta(seconds=60), {"a", "b"})  # began less than a lease ago
+    working = (now - timedelta(hours=2), {"c", "d"})  # long batch, one file leased right now
+    dead = (now - timedelta(hours=2), {"e", "f"})  # its worker died: in flight for Dagster for good
+    assert held_by_live_runs([queued, working, dead], {"c"}, now, lease) == {"a", "b", "c", "d"}
+    assert held_by_live_runs([], {"c"}, now, lease) == set()

@@ -1,6 +1,8 @@
 """bronze/<table>: typed, masked Parquet per raw file; the control-table sensor that feeds it."""
 
 
+from datetime import datetime, timedelta, timezone
+
 import dagster as dg
 
 from datamaster_assets.contracts import Contract, load_contracts
@@ -10,7 +12,7 @@ from datamaster_assets.defs.resources import LakeResource
 from datamaster_assets.ingest.masking import PII_NOTE
 from datamaster_assets.lake.batching import plan_batches
 from datamaster_assets.lake.landing import file_format_of
-from datamaster_assets.lake.ledger import Layer, LedgerItem
+from datamaster_assets.lake.ledger import Layer, LedgerItem, Status
 
 BRONZE_GROUP = "bronze"
 
@@ -199,6 +201,37 @@ def quarantine_unprocessable(service, items: list[LedgerItem], warn) -> list[Led
 
 
 _ENDED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+_IN_FLIGHT = [s for s in dg.DagsterRunStatus if s not in _ENDED]
+
+
+def held_by_live_runs(runs: list[tuple[datetime, set[str]]], live_leases: set[str], now: datetime,
+                      lease_seconds: int) -> set[str]:
+    """Control ids that bronze runs not yet ended will process: ``runs`` holds each such run's
+    latest start (or queueing) time and its control ids. A run claims its files one by one, so
+    the ones it has not reached still look claimable; batching them again would request a second,
+    overlapping run every tick. A run counts as alive while one of its files is leased
+    (``live_leases``) or it began less than a lease ago: a run whose worker died is in flight for
+    Dagster for good (no run monitoring locally), so its files go back to batching a lease after."""
+    fresh = now - timedelta(seconds=lease_seconds)
+    return {cid for began, ids in runs if began > fresh or ids & live_leases for cid in ids}
+
+
+def _in_flight_bronze_runs(instance: dg.DagsterInstance) -> list[tuple[datetime, set[str]]]:
+    runs = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(job_name="bronze_job", statuses=_IN_FLIGHT)):
+        ids = {cid for op in (record.dagster_run.run_config or {}).get("ops", {}).values()
+               for cid in (op.get("config") or {}).get("control_ids") or []}
+        began = record.create_timestamp
+        began = began if began.tzinfo else began.replace(tzinfo=timezone.utc)
+        if record.start_time:
+            began = max(began, datetime.fromtimestamp(record.start_time, timezone.utc))
+        runs.append((began, ids))
+    return runs
+
+
+def _live_leases(service, now: datetime) -> set[str]:
+    return {i.control_id for i in service.ledger.items(layer=Layer.BRONZE.value, status=Status.RUNNING)
+            if i.lease_expires_at is not None and i.lease_expires_at > now}
 
 
 def _instance_or_none(context: dg.SensorEvaluationContext) -> dg.DagsterInstance | None:
@@ -241,8 +274,13 @@ def bronze_control_sensor(context: dg.SensorEvaluationContext, lake: LakeResourc
     settings = service.settings
     claimable = service.ledger.claimable(Layer.BRONZE.value, limit=10 * settings.batch_max_files)
     runnable = quarantine_unprocessable(service, claimable, context.log.warning)
-    batches = plan_batches(runnable, max_files=settings.batch_max_files, max_bytes=settings.batch_max_bytes)
     instance = _instance_or_none(context)
+    in_flight = _in_flight_bronze_runs(instance) if instance is not None and runnable else []
+    if in_flight:
+        now = datetime.now(timezone.utc)
+        held = held_by_live_runs(in_flight, _live_leases(service, now), now, settings.lease_seconds)
+        runnable = [item for item in runnable if item.control_id not in held]
+    batches = plan_batches(runnable, max_files=settings.batch_max_files, max_bytes=settings.batch_max_bytes)
     requests = [
         dg.RunRequest(
             run_key=_live_run_key(instance, batch.run_key),
