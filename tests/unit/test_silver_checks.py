@@ -112,3 +112,16 @@ def test_references_count_orphans_against_known_ids_and_report_deleted_targets()
 def test_missing_table_passes_vacuously():
     outcomes = silver_table_checks(None, REVIEW)
     assert all(o.passed for o in outcomes.values()) and "references_resolve" in outcomes
+
+
+def test_references_resolve_waits_for_the_referenced_tables_in_the_same_run(dm_home):
+    # the multiprocess executor (daemon, UI) would otherwise start it as soon as this table is merged
+    from dagster._core.execution.api import create_execution_plan
+
+    from datamaster_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    for job in ("silver_job", "medallion_job"):
+        deps = create_execution_plan(defs.resolve_job_def(job)).get_all_step_deps()
+        assert {"silver__beer", "silver__brewery", "silver__profile"} <= deps["silver_review_checks"], job
+        assert "silver__brewery" in deps["silver_beer_checks"], job

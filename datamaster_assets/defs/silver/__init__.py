@@ -71,7 +71,12 @@ def make_silver_checks(contract: Contract) -> dg.AssetChecksDefinition:
         names.append("references_resolve")
 
     @dg.multi_asset_check(
-        specs=[dg.AssetCheckSpec(n, asset=key, blocking=True) for n in names],
+        # references_resolve reads the referenced silver tables: it must run after their merges in
+        # the same run (the multiprocess executor otherwise starts it as soon as this table is done)
+        specs=[dg.AssetCheckSpec(n, asset=key, blocking=True,
+                                 additional_deps=[silver_key(t) for t, _ in contract.references.values()]
+                                 if n == "references_resolve" else None)
+               for n in names],
         name=f"silver_{table}_checks",
     )
     def _checks(lake: LakeResource):
