@@ -25,6 +25,7 @@ RAW_PREFIX = "raw/"
 BYTES_PER_RECORD = {"csv": 20.5, "json": 43.0}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._=-]+")
 _LANDING_STAMP = re.compile(r"^(\d{8}T\d{12})Z-")
+_STAMPED_NAME = re.compile(r"^\d{8}T\d")  # what keys starting with a UTC timestamp look like
 
 
 def file_format_of(key: str) -> str:
@@ -135,6 +136,15 @@ def is_folder_marker(key: str) -> bool:
     return key.endswith("/")
 
 
+def advances_cursor(table: str, key: str) -> bool:
+    """Whether ``key`` says how far landing has got: only a name directly under raw/<table>/ that
+    starts with a UTC stamp (``raw_key_for``) does. Any other key (a sub-folder, a folder marker, a
+    producer's own name) may sort after every later stamped key, and a cursor on it would hide
+    them until the next full reconcile; such keys are listed (and found registered) again instead."""
+    name = key[len(f"{RAW_PREFIX}{table}/"):]
+    return key.startswith(f"{RAW_PREFIX}{table}/") and "/" not in name and bool(_STAMPED_NAME.match(name))
+
+
 def register_new_objects(
     settings: Settings,
     store: ObjectStore,
@@ -158,14 +168,17 @@ def register_new_objects(
                 t = table_of(info.key)
             except ValueError:
                 continue
-            if info.key > new_cursor.last_key.get(t, ""):
+            if advances_cursor(t, info.key) and info.key > new_cursor.last_key.get(t, ""):
                 new_cursor.last_key[t] = info.key
     else:
         for table in tables:
             page = store.list_after(f"{RAW_PREFIX}{table}/", cursor.last_key.get(table), settings.landing_page_size)
             infos.extend(page)
-            if page:
+            stamped = [i.key for i in page if advances_cursor(table, i.key)]
+            if len(page) >= settings.landing_page_size:  # a full page: move on whatever the keys are
                 new_cursor.last_key[table] = page[-1].key
+            elif stamped:
+                new_cursor.last_key[table] = max(stamped)
     regs = [registration_for(settings, store, info) for info in infos if not is_folder_marker(info.key)]
     results = ledger.register_many(regs)
     registered = [item for item, created in results if created]

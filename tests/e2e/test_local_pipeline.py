@@ -384,3 +384,10 @@ def test_lake_maintenance_job_expires_snapshots_and_keeps_every_table_readable(s
     statuses = {m.asset_key.path[-1]: m.metadata["status"].value
                 for m in (e.event_specific_data.materialization for e in gold_run.get_asset_materialization_events())}
     assert set(statuses.values()) == {"up-to-date"}, statuses
+
+
+def test_a_run_on_an_empty_lake_succeeds_and_builds_nothing_downstream(settings):
+    report = run_pipeline(settings)
+    assert report.ok, report.failures
+    assert "silver/review_flat" not in report.materializations
+    assert not any(asset.startswith("gold/") for asset in report.materializations)

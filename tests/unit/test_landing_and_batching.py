@@ -130,3 +130,22 @@ def test_files_of_a_bronze_run_in_flight_are_held_while_it_looks_alive():
     dead = (now - timedelta(hours=2), {"e", "f"})  # its worker died: in flight for Dagster for good
     assert held_by_live_runs([queued, working, dead], {"c"}, now, lease) == {"a", "b", "c", "d"}
     assert held_by_live_runs([], {"c"}, now, lease) == set()
+
+
+def test_a_sub_folder_key_does_not_hide_later_stamped_files(dm_home, tmp_path, monkeypatch):
+    from datamaster_assets.lake.factory import open_lake
+    from datamaster_assets.settings import Settings
+
+    monkeypatch.setenv("DATAMASTER_LANDING_RECONCILE_EVERY", "1000")
+    settings = Settings.from_env()
+    lake = open_lake(settings)
+    path = tmp_path / "r.csv.gz"
+    path.write_bytes(b"\x1f\x8b not read here")
+    land_file(lake.raw, "review", path, datetime(2026, 11, 1, tzinfo=timezone.utc))
+    lake.raw.put_file("raw/review/manual/x.csv.gz", path)  # sorts after every stamped key
+    cursor = register_new_objects(settings, lake.raw, lake.ledger, LandingCursor(ticks=1)).cursor
+    later = land_file(lake.raw, "review", path, datetime(2026, 11, 2, tzinfo=timezone.utc))
+
+    result = register_new_objects(settings, lake.raw, lake.ledger, cursor)
+    assert not result.reconciled
+    assert [i.object_key for i in result.registered] == [later.key]
