@@ -26,7 +26,31 @@ def _lake():
     return open_lake(_settings())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _aws_hint(exc: Exception) -> str:
+    """A botocore failure as one line naming what to set (no credentials, unreachable endpoint)."""
+    name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError"):
+        fix = ("give the process AWS credentials through the standard chain (AWS_PROFILE, "
+               "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, an instance or task role)")
+    elif name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+        fix = ("check the network, or set AWS_ENDPOINT_URL for a local emulator "
+               "(docs/aws.md, 'Trying it without an account')")
+    else:
+        fix = "see docs/aws.md"
+    return f"DATAMASTER_ENV=aws: {exc}; {fix}"
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if type(exc).__module__.startswith("botocore.") and os.environ.get("DATAMASTER_ENV", "").strip().lower() == "aws":
+                raise click.ClickException(_aws_hint(exc)) from exc
+            raise
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """datamaster: a medallion data lake (raw -> bronze -> silver -> gold) on Dagster.
 
@@ -125,6 +149,10 @@ def requeue(control_ids: tuple[str, ...], table: str | None, layer: str | None, 
     from datamaster_assets.lake.ledger import Status
 
     lake = _lake()
+    if table is not None:
+        known = sorted({t for (_layer, t, _status) in lake.ledger.counts()})
+        if table not in known:
+            raise click.UsageError(f"no ledger item has table {table!r}; tables in the ledger: {', '.join(known) or 'none'}")
     items = lake.ledger.requeue(list(control_ids) or None, table_name=table, layer=layer)
     for item in items:
         click.echo(f"requeued {item.control_id} {item.layer}/{item.table_name} {item.object_key}")
@@ -147,7 +175,8 @@ def requeue(control_ids: tuple[str, ...], table: str | None, layer: str | None, 
 
 
 def _print_report(report) -> None:
-    click.echo(f"Dagster run {report.run_id}: {'succeeded' if report.success else 'FAILED'}; "
+    outcome = "succeeded" if report.ok else (f"completed with {len(report.failures)} failure(s) (below)" if report.success else "FAILED")
+    click.echo(f"Dagster run {report.run_id}: {outcome}; "
                f"{report.newly_registered} newly landed file(s) registered")
     for failure in report.failures:
         click.echo(f"  FAILED: {failure}", err=True)
@@ -218,7 +247,8 @@ def query(sql: str, fmt: str) -> None:
         table = run_query(_lake(), sql)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(format_table(table, fmt))
+    text = format_table(table, fmt)
+    click.echo(text, nl=not text.endswith("\n"))  # csv already ends its last record with a newline
 
 
 @main.command()

@@ -11,8 +11,8 @@ from datamaster_assets.lake.landing import RAW_PREFIX
 from datamaster_assets.settings import Settings
 
 BUSIEST_MONTH_TOP_BEERS = """
-WITH busiest AS (
-  SELECT review_year, review_month FROM gold.top_beers_by_rating
+WITH busiest AS (  -- the month with the most reviews (state_by_review_volume counts every review)
+  SELECT review_year, review_month FROM gold.state_by_review_volume
   GROUP BY 1, 2 ORDER BY sum(total_reviews) DESC, 1, 2 LIMIT 1)
 SELECT g.review_year AS year, g.review_month AS month, g.beer_name, g.beer_style,
        round(g.avg_rating, 2) AS avg_rating, g.total_reviews

@@ -51,6 +51,38 @@ def test_land_status_and_requeue(dm_home, tmp_path):
     assert typo.exit_code != 0 and "no ledger item with control id b-nosuchitem" in typo.output
     again = runner.invoke(main, ["requeue", item.control_id])
     assert again.exit_code == 0 and f"not requeued {item.control_id}: it is pending" in again.output
+    table_typo = runner.invoke(main, ["requeue", "--table", "reviews"])
+    assert table_typo.exit_code != 0 and "no ledger item has table 'reviews'" in table_typo.output
+
+
+def test_query_csv_ends_with_one_newline(dm_home):
+    out = CliRunner().invoke(main, ["query", "SELECT 1 AS a, 'x' AS b", "--format", "csv"])
+    assert out.exit_code == 0 and out.output == "a,b\n1,x\n"
+
+
+def test_aws_without_credentials_or_endpoint_says_what_to_set(dm_home, monkeypatch):
+    monkeypatch.setenv("DATAMASTER_ENV", "aws")
+    monkeypatch.setenv("DATAMASTER_PII_KEY", "k")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    out = CliRunner().invoke(main, ["status"])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "DATAMASTER_ENV=aws: Could not connect to the endpoint URL" in out.output
+    assert "set AWS_ENDPOINT_URL" in out.output
+
+
+def test_a_run_that_dagster_calls_successful_but_with_failed_files_does_not_say_succeeded(capsys):
+    from types import SimpleNamespace
+
+    from datamaster_assets.cli import _print_report
+
+    _print_report(SimpleNamespace(ok=False, success=True, run_id="r1", newly_registered=0,
+                                  failures=["bronze b-1 quarantined: x.csv.gz: not a gzip file"], held_elsewhere=[]))
+    out, err = capsys.readouterr()
+    assert "succeeded" not in out and "completed with 1 failure(s) (below)" in out
+    assert "FAILED: bronze b-1 quarantined" in err
 
 
 def test_query_reports_unknown_tables_clearly(dm_home):
