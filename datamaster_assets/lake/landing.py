@@ -25,7 +25,6 @@ RAW_PREFIX = "raw/"
 BYTES_PER_RECORD = {"csv": 20.5, "json": 43.0}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._=-]+")
 _LANDING_STAMP = re.compile(r"^(\d{8}T\d{12})Z-")
-_STAMPED_NAME = re.compile(r"^\d{8}T\d")  # what keys starting with a UTC timestamp look like
 
 
 def file_format_of(key: str) -> str:
@@ -142,7 +141,7 @@ def advances_cursor(table: str, key: str) -> bool:
     producer's own name) may sort after every later stamped key, and a cursor on it would hide
     them until the next full reconcile; such keys are listed (and found registered) again instead."""
     name = key[len(f"{RAW_PREFIX}{table}/"):]
-    return key.startswith(f"{RAW_PREFIX}{table}/") and "/" not in name and bool(_STAMPED_NAME.match(name))
+    return key.startswith(f"{RAW_PREFIX}{table}/") and "/" not in name and bool(_LANDING_STAMP.match(name))
 
 
 def register_new_objects(

@@ -38,6 +38,16 @@ def defs(settings):
     return build_definitions(settings)
 
 
+REVIEW_HEADER = (b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,"
+                 b"review_palate,review_taste,review_time\n")
+
+
+def land_review_csv(lake, path: Path, rows: list[str], landed_at: datetime) -> str:
+    """Write ``rows`` (CSV lines without the header) as a gzip review extract and land it."""
+    path.write_bytes(gzip.compress(REVIEW_HEADER + "".join(f"{row}\n" for row in rows).encode()))
+    return land_file(lake.raw, "review", path, landed_at).key
+
+
 def _statuses(lake, layer: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for (item_layer, _table, status), n in lake.ledger.counts().items():
@@ -90,12 +100,9 @@ def test_a_tick_while_a_batch_is_mid_run_does_not_request_its_remaining_files_ag
     from datamaster_assets.workers.bronze import process_bronze_item
 
     lake = open_lake(settings)
-    header = (b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,"
-              b"review_palate,review_taste,review_time\n")
     for n in range(3):
-        path = tmp_path / f"r{n}.csv.gz"
-        path.write_bytes(gzip.compress(header + f"{100 + n},1,1,1,4,4,4,4,4,1200000000\n".encode()))
-        land_file(lake.raw, "review", path, datetime(2026, 11, 2, n, tzinfo=timezone.utc))
+        land_review_csv(lake, tmp_path / f"r{n}.csv.gz", [f"{100 + n},1,1,1,4,4,4,4,4,1200000000"],
+                        datetime(2026, 11, 2, n, tzinfo=timezone.utc))
     instance = dg.DagsterInstance.get()
     resources = {"lake": defs.resources["lake"]}
     defs.get_sensor_def("raw_landing_sensor")(dg.build_sensor_context(instance=instance, resources=resources))
@@ -140,11 +147,8 @@ def test_a_file_failing_again_is_reported_by_every_run(settings):
     lake = open_lake(settings)
     seed_raw(lake, reviews=500, changes=False, now=SEED_TIME)
     assert run_pipeline(settings).ok
-    extra = settings.home / "extra.csv.gz"
-    extra.write_bytes(gzip.compress(
-        b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,"
-        b"review_taste,review_time\n999001,1,1,1,4.0,4.0,4.0,4.0,4.0,1200000000\n"))
-    key = land_file(lake.raw, "review", extra, datetime(2026, 11, 2, tzinfo=timezone.utc)).key
+    key = land_review_csv(lake, settings.home / "extra.csv.gz", ["999001,1,1,1,4.0,4.0,4.0,4.0,4.0,1200000000"],
+                          datetime(2026, 11, 2, tzinfo=timezone.utc))
     register_new_objects(settings, lake.raw, lake.ledger, LandingCursor())
     lake.raw.local_path(key).rename(settings.home / "aside.csv.gz")  # unreadable now: a retryable error
 
@@ -168,11 +172,19 @@ def test_a_file_another_worker_holds_is_reported_as_waiting(settings):
     assert held.object_key in report.held_elsewhere[0] and "worker-killed-mid-file" in report.held_elsewhere[0]
 
 
-def test_a_failed_step_says_why(settings):
-    report = run_pipeline(settings)  # an empty lake: review_flat has no silver tables to join
+def test_a_failed_step_says_why(settings, monkeypatch):
+    import datamaster_assets.defs.silver as silver_defs
+
+    def disk_full(lake):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(silver_defs, "build_review_flat_table", disk_full)
+    seed_raw(open_lake(settings), reviews=200, changes=False, now=SEED_TIME)
+    report = run_pipeline(settings)
     assert not report.ok
-    assert any("GoldInputMissing" in f and "does not exist yet: build silver first" in f for f in report.failed_steps), \
-        report.failed_steps
+    # the underlying error, not Dagster's wrapper around it
+    assert any("silver__review_flat" in f and "OSError" in f and "No space left on device" in f
+               for f in report.failed_steps), report.failed_steps
 
 
 def test_run_applies_the_change_scenario_exactly_and_is_idempotent(settings):
@@ -234,8 +246,7 @@ def test_a_bad_file_is_quarantined_while_the_others_succeed_and_can_be_requeued(
     bad.write_bytes(b"this is not gzip at all\n")
     land_file(lake.raw, "review", bad, datetime(2026, 11, 2, tzinfo=timezone.utc))
     truncated = tmp_path / "truncated.csv.gz"
-    full = gzip.compress(b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,"
-                         b"review_appearance,review_palate,review_taste,review_time\n" + b"1,2,3,4,4.0,4,4,4,4,1200000000\n" * 500)
+    full = gzip.compress(REVIEW_HEADER + b"1,2,3,4,4.0,4,4,4,4,1200000000\n" * 500)
     truncated.write_bytes(full[: len(full) // 2])
     land_file(lake.raw, "review", truncated, datetime(2026, 11, 2, 0, 1, tzinfo=timezone.utc))
     lake.raw.put_bytes("raw/wine/20261102T000200000000Z-wine.csv.gz", gzip.compress(b"id\n1\n"))  # no contract
@@ -260,11 +271,8 @@ def test_a_bad_file_is_quarantined_while_the_others_succeed_and_can_be_requeued(
 def test_a_failing_blocking_check_stops_gold(settings, tmp_path):
     lake = open_lake(settings)
     seed_raw(lake, reviews=2000, changes=False, now=SEED_TIME)
-    orphan = tmp_path / "orphan.csv.gz"
-    orphan.write_bytes(gzip.compress(
-        b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,"
-        b"review_taste,review_time\n999999001,2,999999999,1,4.0,4.0,4.0,4.0,4.0,1200000000\n"))
-    land_file(lake.raw, "review", orphan, datetime(2026, 11, 2, tzinfo=timezone.utc))
+    land_review_csv(lake, tmp_path / "orphan.csv.gz", ["999999001,2,999999999,1,4.0,4.0,4.0,4.0,4.0,1200000000"],
+                    datetime(2026, 11, 2, tzinfo=timezone.utc))
 
     report = run_pipeline(settings)
     assert not report.ok
@@ -278,11 +286,9 @@ def test_a_file_over_the_reject_rate_stays_out_of_silver_until_requeued(settings
     lake = open_lake(settings)
     seed_raw(lake, reviews=2000, changes=False, now=SEED_TIME)
     assert run_pipeline(settings).ok
-    noisy = tmp_path / "noisy.csv.gz"
-    noisy.write_bytes(gzip.compress(
-        b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,"
-        b"review_taste,review_time\n1,2,3,4,4.0,4.0,4.0,4.0,4.0,1200000000\n2,2,3,4,9.0,4.0,4.0,4.0,4.0,1200000000\n"))
-    land_file(lake.raw, "review", noisy, datetime(2026, 11, 2, tzinfo=timezone.utc))
+    land_review_csv(lake, tmp_path / "noisy.csv.gz", ["1,2,3,4,4.0,4.0,4.0,4.0,4.0,1200000000",
+                                                       "2,2,3,4,9.0,4.0,4.0,4.0,4.0,1200000000"],
+                    datetime(2026, 11, 2, tzinfo=timezone.utc))
 
     report = run_pipeline(settings)
     assert not report.ok
