@@ -25,6 +25,9 @@ RAW_PREFIX = "raw/"
 BYTES_PER_RECORD = {"csv": 20.5, "json": 43.0}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._=-]+")
 _LANDING_STAMP = re.compile(r"^(\d{8}T\d{12})Z-")
+# Names that sort in landing order: ours and Firehose's (_LANDING_STAMP), and a producer's own
+# "<yyyymmdd>T<time>…" names; only these move the landing cursor (advances_cursor).
+_TIME_ORDERED_NAME = re.compile(r"^\d{8}T\d")
 
 
 def file_format_of(key: str) -> str:
@@ -137,11 +140,11 @@ def is_folder_marker(key: str) -> bool:
 
 def advances_cursor(table: str, key: str) -> bool:
     """Whether ``key`` says how far landing has got: only a name directly under raw/<table>/ that
-    starts with a UTC stamp (``raw_key_for``) does. Any other key (a sub-folder, a folder marker, a
+    starts with a date-time stamp (``raw_key_for``, Firehose, _TIME_ORDERED_NAME) does. Any other key (a sub-folder, a folder marker, a
     producer's own name) may sort after every later stamped key, and a cursor on it would hide
     them until the next full reconcile; such keys are listed (and found registered) again instead."""
     name = key[len(f"{RAW_PREFIX}{table}/"):]
-    return key.startswith(f"{RAW_PREFIX}{table}/") and "/" not in name and bool(_LANDING_STAMP.match(name))
+    return key.startswith(f"{RAW_PREFIX}{table}/") and "/" not in name and bool(_TIME_ORDERED_NAME.match(name))
 
 
 def register_new_objects(
