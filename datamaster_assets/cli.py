@@ -45,7 +45,7 @@ class _Main(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            if type(exc).__module__.startswith("botocore.") and os.environ.get("DATAMASTER_ENV", "").strip().lower() == "aws":
+            if type(exc).__module__.startswith("botocore.") and _settings().env == "aws":
                 raise click.ClickException(_aws_hint(exc)) from exc
             raise
 

@@ -44,6 +44,15 @@ DEFAULT_GLUE_DATABASES = ("dm_bronze", "dm_silver", "dm_gold")
 _GLUE_DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,254}")
 
 
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
+
+
 def _glue_databases(raw: str) -> tuple[str, str, str]:
     """``DATAMASTER_GLUE_DATABASES``: "bronze,silver,gold" database names (the catalog stack's
     GlueDatabases output), the dm_* defaults when unset. Names are per account and region, so a
@@ -167,9 +176,6 @@ class Settings:
         glue_databases = _glue_databases(e.get("DATAMASTER_GLUE_DATABASES", ""))
         subnets = tuple(s for s in e.get("DATAMASTER_ECS_SUBNETS", "").split(",") if s)
         security_groups = tuple(s for s in e.get("DATAMASTER_ECS_SECURITY_GROUPS", "").split(",") if s)
-        public_ip = (e.get("DATAMASTER_ECS_ASSIGN_PUBLIC_IP") or "false").strip().lower()
-        if public_ip not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"DATAMASTER_ECS_ASSIGN_PUBLIC_IP must be true or false, got {public_ip!r}")
         return cls(
             env=env,  # type: ignore[arg-type]
             home=Path(e.get("DATAMASTER_HOME", ".datamaster")).absolute(),
@@ -199,7 +205,7 @@ class Settings:
             ecs_task_definition=e.get("DATAMASTER_ECS_TASK_DEFINITION", "datamaster-bronze-worker"),
             ecs_subnets=subnets,
             ecs_security_groups=security_groups,
-            ecs_assign_public_ip=public_ip in ("true", "1", "yes"),
+            ecs_assign_public_ip=_flag(e, "DATAMASTER_ECS_ASSIGN_PUBLIC_IP", False),
             emr_application_id=e.get("DATAMASTER_EMR_APPLICATION_ID", ""),
             emr_execution_role_arn=e.get("DATAMASTER_EMR_EXECUTION_ROLE_ARN", ""),
             emr_log_group=e.get("DATAMASTER_EMR_LOG_GROUP") or "/aws/emr-serverless/datamaster",

@@ -474,22 +474,24 @@ def test_an_object_split_over_two_lines_cannot_even_out_two_objects_on_one_line(
     assert [r["line"] for r in rejects] == [2, 3, 4]
 
 
-def test_count_lines_tells_whether_every_line_is_framed():
+@pytest.mark.parametrize(("text", "frame", "expected"), [
+    (b'{"a":1}\n{"a":2}\n', b"{}", (2, True)),
+    (b'{"a":1}\n{"a":2}', b"{}", (2, True)),
+    (b'{"a":1}\r\n{"a":2}\r\n', b"{}", (2, True)),
+    (b'{"a":1}\n{"a":2}\r', b"{}", (2, True)),
+    (b'{"a":1}\n\n{"a":2}\n', b"{}", (3, False)),  # a blank line
+    (b' {"a":1}\n', b"{}", (1, False)),
+    (b'{"a":1}\n {"a":2}', b"{}", (2, False)),
+    (b'{"a":1} \n', b"{}", (1, False)),
+    (b'{"a":\n{"b":2}}\n', b"{}", (2, False)),  # an object split over two lines
+    (b'{\n', b"{}", (1, False)),
+    (b"", b"{}", (1, False)),
+    (b'{"a":1}\n{"a":2}\n', None, (2, False)),  # not asked
+])
+def test_count_lines_tells_whether_every_line_is_framed(text, frame, expected):
     from datamaster_assets.ingest.stream import count_lines
 
-    braces = b"{}"
-    assert count_lines(b'{"a":1}\n{"a":2}\n', braces) == (2, True)
-    assert count_lines(b'{"a":1}\n{"a":2}', braces) == (2, True)
-    assert count_lines(b'{"a":1}\r\n{"a":2}\r\n', braces) == (2, True)
-    assert count_lines(b'{"a":1}\n{"a":2}\r', braces) == (2, True)
-    assert count_lines(b'{"a":1}\n\n{"a":2}\n', braces) == (3, False)
-    assert count_lines(b' {"a":1}\n', braces) == (1, False)
-    assert count_lines(b'{"a":1}\n {"a":2}', braces) == (2, False)
-    assert count_lines(b'{"a":1} \n', braces) == (1, False)
-    assert count_lines(b'{"a":\n{"b":2}}\n', braces) == (2, False)
-    assert count_lines(b'{\n', braces) == (1, False)
-    assert count_lines(b"", braces) == (1, False)
-    assert count_lines(b'{"a":1}\n{"a":2}\n', None) == (2, False)
+    assert count_lines(text, frame) == expected
 
 
 @pytest.mark.parametrize("bad", [b"\xed\xa0\x80", b"\xed\xbf\xbf"])

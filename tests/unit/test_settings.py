@@ -30,6 +30,7 @@ def test_values_are_read_from_the_environment():
         ("DATAMASTER_BRONZE_BATCH_ROWS", "ten", "DATAMASTER_BRONZE_BATCH_ROWS must be an integer, got 'ten'"),
         ("DATAMASTER_REJECT_RATE_THRESHOLD", "5%", "DATAMASTER_REJECT_RATE_THRESHOLD must be a number, got '5%'"),
         ("DATAMASTER_REJECT_RATE_THRESHOLD", "1.5", "DATAMASTER_REJECT_RATE_THRESHOLD must be between 0 and 1, got 1.5"),
+        ("DATAMASTER_ECS_ASSIGN_PUBLIC_IP", "maybe", "DATAMASTER_ECS_ASSIGN_PUBLIC_IP must be true or false, got 'maybe'"),
         ("DATAMASTER_REJECT_RATE_THRESHOLD", "nan", "DATAMASTER_REJECT_RATE_THRESHOLD must be between 0 and 1, got nan"),
         ("DATAMASTER_ENV", "prod", "DATAMASTER_ENV must be 'local' or 'aws', got 'prod'"),
     ],

@@ -104,16 +104,22 @@ def hold_files_over_reject_rate(lake, outcomes: list[ItemOutcome], threshold: fl
             continue
         item = lake.ledger.get(o.control_id)
         silver_id = (item.stats or {}).get("silver_control_id") if item is not None else None
-        if not silver_id or lake.ledger.claim(silver_id, owner, lake.settings.lease_seconds) is None:
-            continue
         message = (f"{item.object_key}: {m.get('rejected', 0):,} of {m['records_read']:,} records rejected "
                    f"({rate:.1%} > DATAMASTER_REJECT_RATE_THRESHOLD {threshold:g}), rejects in "
                    f"{m.get('rejects_key') or '-'}; held out of silver: `datamaster requeue {silver_id}` merges "
                    f"its accepted rows")
-        lake.ledger.fail(silver_id, owner, message, permanent=True)
-        log(message)
-        held.append(silver_id)
+        if silver_id and quarantine(lake, silver_id, owner, message):
+            log(message)
+            held.append(silver_id)
     return held
+
+
+def quarantine(service, control_id: str, owner: str, reason: str) -> bool:
+    """Quarantine an item nobody holds, with ``reason``; False when it cannot be claimed."""
+    if service.ledger.claim(control_id, owner, service.settings.lease_seconds) is None:
+        return False
+    service.ledger.fail(control_id, owner, reason, permanent=True)
+    return True
 
 
 def make_bronze_asset(contract: Contract, reject_rate_threshold: float) -> dg.AssetsDefinition:
@@ -193,9 +199,7 @@ def quarantine_unprocessable(service, items: list[LedgerItem], warn) -> list[Led
         if reason is None:
             runnable.append(item)
             continue
-        owner = f"bronze_control:{item.control_id}:{item.attempt_count}"
-        if service.ledger.claim(item.control_id, owner, service.settings.lease_seconds) is not None:
-            service.ledger.fail(item.control_id, owner, reason, permanent=True)
+        if quarantine(service, item.control_id, f"bronze_control:{item.control_id}:{item.attempt_count}", reason):
             warn(f"quarantined {item.control_id}: {reason}")
     return runnable
 
