@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -117,7 +117,9 @@ def test_a_tick_while_a_batch_is_mid_run_does_not_request_its_remaining_files_ag
     assert again.run_requests == []
 
 
-def test_a_batch_whose_run_ended_before_claiming_is_requested_again(settings, defs):
+def test_a_batch_whose_run_ended_before_claiming_is_requested_again(settings, defs, monkeypatch):
+    from datamaster_assets.defs import bronze as bronze_defs
+
     """Dagster never starts a second run for a run key: a bronze run canceled while queued (or
     failed before its asset body ran) would otherwise leave its files pending for good."""
     lake = open_lake(settings)
@@ -141,6 +143,23 @@ def test_a_batch_whose_run_ended_before_claiming_is_requested_again(settings, de
     for key in second:
         record_run(key, dg.DagsterRunStatus.STARTED)  # not ended: the same key, deduplicated by Dagster
     assert tick() == second
+
+    # runs that keep failing before they claim (a resource that cannot start): the next generation
+    # waits a minute after the last one ended, not one every tick
+    for key in second:
+        instance.delete_run(instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}))[0].run_id)
+        record_run(key, dg.DagsterRunStatus.FAILURE)
+    waiting = control(dg.build_sensor_context(instance=instance, resources=resources))
+    assert waiting.run_requests == []
+    assert f"{len(first)} batch(es) waiting" in waiting.skip_reason.skip_message
+
+    class MinuteLater(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(minutes=1, seconds=5)
+
+    monkeypatch.setattr(bronze_defs, "datetime", MinuteLater)
+    assert tick() == sorted(f"{key}.g2" for key in first)
 
 
 def test_a_file_failing_again_is_reported_by_every_run(settings):

@@ -132,6 +132,14 @@ def test_files_of_a_bronze_run_in_flight_are_held_while_it_looks_alive():
     assert held_by_live_runs([], {"c"}, now, lease) == set()
 
 
+def test_a_batch_whose_runs_keep_ending_unclaimed_is_requested_again_less_and_less_often():
+    from datamaster_assets.defs.bronze import request_again_delay
+
+    assert [request_again_delay(g) for g in (1, 2, 3, 4)] == [timedelta(0), timedelta(minutes=1),
+                                                             timedelta(minutes=2), timedelta(minutes=4)]
+    assert request_again_delay(8) == request_again_delay(40) == timedelta(hours=1)
+
+
 def test_a_sub_folder_key_does_not_hide_later_stamped_files(dm_home, tmp_path, monkeypatch):
     from datamaster_assets.lake.factory import open_lake
     from datamaster_assets.settings import Settings

@@ -220,13 +220,17 @@ def held_by_live_runs(runs: list[tuple[datetime, set[str]]], live_leases: set[st
     return {cid for began, ids in runs if began > fresh or ids & live_leases for cid in ids}
 
 
+def _utc(moment: datetime) -> datetime:
+    """Dagster's run-storage timestamps are naive UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def _in_flight_bronze_runs(instance: dg.DagsterInstance) -> list[tuple[datetime, set[str]]]:
     runs = []
     for record in instance.get_run_records(filters=dg.RunsFilter(job_name="bronze_job", statuses=_IN_FLIGHT)):
         ids = {cid for op in (record.dagster_run.run_config or {}).get("ops", {}).values()
                for cid in (op.get("config") or {}).get("control_ids") or []}
-        began = record.create_timestamp
-        began = began if began.tzinfo else began.replace(tzinfo=timezone.utc)
+        began = _utc(record.create_timestamp)
         if record.start_time:
             began = max(began, datetime.fromtimestamp(record.start_time, timezone.utc))
         runs.append((began, ids))
@@ -245,19 +249,49 @@ def _instance_or_none(context: dg.SensorEvaluationContext) -> dg.DagsterInstance
         return None
 
 
-def _live_run_key(instance: dg.DagsterInstance | None, key: str) -> str:
+# A batch whose runs keep ending before they claim anything (a resource that cannot start, a
+# launcher that fails) is requested again at once the first time, then after a delay that doubles
+# per generation up to an hour: a persistent failure costs a run an hour, not one every tick.
+REQUEST_AGAIN_FIRST_DELAY = timedelta(minutes=1)
+REQUEST_AGAIN_MAX_DELAY = timedelta(hours=1)
+
+
+def request_again_delay(generation: int) -> timedelta:
+    """How long after the previous generation's run ended generation ``generation`` (1, 2, ...) of
+    a batch's run key may be requested."""
+    if generation <= 1:
+        return timedelta(0)
+    return min(REQUEST_AGAIN_FIRST_DELAY * 2 ** (generation - 2), REQUEST_AGAIN_MAX_DELAY)
+
+
+def _live_run_key(instance: dg.DagsterInstance | None, key: str, now: datetime, warn) -> str | None:
     """``key``, or a later generation of it when a run under it already ended: the batch's items are
     still claimable at the same attempts, so that run never claimed them (canceled while queued,
-    failed before the asset body ran), and Dagster never starts a second run for a used key."""
+    failed before the asset body ran), and Dagster never starts a second run for a used key.
+    None while the next generation waits out its ``request_again_delay``."""
     if instance is None:
         return key
     generation = 0
+    ended = None
     while True:
         candidate = key if generation == 0 else f"{key}.g{generation}"
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": candidate}), limit=1)
-        if not runs or runs[0].status not in _ENDED:
-            return candidate
+        records = instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/run_key": candidate}), limit=1)
+        if records and records[0].dagster_run.status not in _ENDED:
+            return candidate  # in flight: requesting it again is a no-op
+        if not records:
+            break
+        ended = records[0]
         generation += 1
+    if ended is None:
+        return candidate
+    ended_at = (datetime.fromtimestamp(ended.end_time, timezone.utc) if ended.end_time
+                else _utc(ended.update_timestamp))
+    due = ended_at + request_again_delay(generation)
+    run = ended.dagster_run
+    if generation > 1 or due > now:
+        warn(f"{generation} run(s) of batch {key} ended without claiming its files (last: {run.run_id}, "
+             f"{run.status.value}); " + ("requesting it again" if due <= now else f"next request after {due:%H:%M:%S} UTC"))
+    return candidate if due <= now else None
 
 
 bronze_job = dg.define_asset_job(
@@ -280,21 +314,25 @@ def bronze_control_sensor(context: dg.SensorEvaluationContext, lake: LakeResourc
     runnable = quarantine_unprocessable(service, claimable, context.log.warning)
     instance = _instance_or_none(context)
     in_flight = _in_flight_bronze_runs(instance) if instance is not None and runnable else []
+    now = datetime.now(timezone.utc)
     if in_flight:
-        now = datetime.now(timezone.utc)
         held = held_by_live_runs(in_flight, _live_leases(service, now), now, settings.lease_seconds)
         runnable = [item for item in runnable if item.control_id not in held]
     batches = plan_batches(runnable, max_files=settings.batch_max_files, max_bytes=settings.batch_max_bytes)
+    keyed = [(batch, _live_run_key(instance, batch.run_key, now, context.log.warning)) for batch in batches]
     requests = [
         dg.RunRequest(
-            run_key=_live_run_key(instance, batch.run_key),
+            run_key=run_key,
             asset_selection=[bronze_key(batch.table_name)],
             run_config={"ops": {op_name(bronze_key(batch.table_name)): {"config": {"control_ids": batch.control_ids}}}},
             tags={"datamaster/layer": "bronze", "datamaster/table": batch.table_name,
                   "datamaster/files": str(len(batch.items))},
         )
-        for batch in batches
+        for batch, run_key in keyed
+        if run_key is not None
     ]
     if not requests:
-        return dg.SensorResult(skip_reason=dg.SkipReason("no claimable bronze items"))
+        waiting = len(keyed) - len(requests)
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"{waiting} batch(es) waiting to be requested again" if waiting else "no claimable bronze items"))
     return dg.SensorResult(run_requests=requests)
