@@ -26,6 +26,17 @@ def _lake():
     return open_lake(_settings())
 
 
+def _existing_lake():
+    """The lake, for commands that only read or fix one: a mistyped DATAMASTER_HOME is an error
+    naming the path, not a new empty lake created there."""
+    settings = _settings()
+    if settings.env == "local" and not settings.ledger_path.is_file():
+        raise click.ClickException(
+            f"no lake at {settings.home} (DATAMASTER_HOME): no ledger at {settings.ledger_path}. "
+            "Check the path, or start one with `datamaster seed`, `datamaster land` or `datamaster demo`.")
+    return _lake()
+
+
 def _aws_hint(exc: Exception) -> str:
     """A botocore failure as one line naming what to set (no credentials, unreachable endpoint)."""
     name = type(exc).__name__
@@ -119,7 +130,7 @@ def status_report(lake) -> dict:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def status(fmt: str) -> None:
     """Ledger counts per layer, table and status, and the quarantined/errored items."""
-    report = status_report(_lake())
+    report = status_report(_existing_lake())
     if fmt == "json":
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -148,7 +159,7 @@ def requeue(control_ids: tuple[str, ...], table: str | None, layer: str | None, 
         raise click.UsageError("name CONTROL_IDS, or --table/--layer, or --all")
     from datamaster_assets.lake.ledger import Status
 
-    lake = _lake()
+    lake = _existing_lake()
     if table is not None:
         known = sorted({t for (_layer, t, _status) in lake.ledger.counts()})
         if table not in known:
@@ -213,7 +224,7 @@ def maintain(dry_run: bool, max_age_days: int | None, retain_last: int | None, o
     from datamaster_assets.lake.maintenance import RetentionPolicy
     from datamaster_assets.workers.maintenance import maintain_lake, retention_policy
 
-    lake = _lake()
+    lake = _existing_lake()
     default = retention_policy(lake)
     policy = RetentionPolicy(
         max_age=default.max_age if max_age_days is None else timedelta(days=max_age_days),
@@ -244,7 +255,7 @@ def query(sql: str, fmt: str) -> None:
     from datamaster_assets.transform.query import QueryError, format_table, run_query
 
     try:
-        table = run_query(_lake(), sql)
+        table = run_query(_existing_lake(), sql)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from exc
     text = format_table(table, fmt)

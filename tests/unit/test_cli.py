@@ -56,8 +56,18 @@ def test_land_status_and_requeue(dm_home, tmp_path):
 
 
 def test_query_csv_ends_with_one_newline(dm_home):
+    open_lake(Settings.from_env())
     out = CliRunner().invoke(main, ["query", "SELECT 1 AS a, 'x' AS b", "--format", "csv"])
     assert out.exit_code == 0 and out.output == "a,b\n1,x\n"
+
+
+def test_commands_that_read_a_lake_refuse_a_home_without_one(tmp_path, monkeypatch):
+    typo = tmp_path / "datamastr"
+    monkeypatch.setenv("DATAMASTER_HOME", str(typo))
+    for args in (["status"], ["query", "SELECT 1"], ["requeue", "--all"], ["maintain", "--dry-run"]):
+        out = CliRunner().invoke(main, args)
+        assert out.exit_code == 1 and f"no lake at {typo} (DATAMASTER_HOME)" in out.output, (args, out.output)
+    assert not typo.exists()  # nothing created at the mistyped path
 
 
 def test_aws_without_credentials_or_endpoint_says_what_to_set(dm_home, monkeypatch):
@@ -86,6 +96,7 @@ def test_a_run_that_dagster_calls_successful_but_with_failed_files_does_not_say_
 
 
 def test_query_reports_unknown_tables_clearly(dm_home):
+    open_lake(Settings.from_env())
     out = CliRunner().invoke(main, ["query", "SELECT * FROM gold.nope"])
     assert out.exit_code != 0 and "gold.nope" in out.output
 
