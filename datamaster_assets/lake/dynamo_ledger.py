@@ -217,6 +217,17 @@ class DynamoLedger:
         found.sort(key=sort_key)
         return found if limit is None else found[:limit]
 
+    def items_for_keys(self, layer: str, object_keys: Iterable[str]) -> list[LedgerItem]:
+        """A scan: the table has no object-key index. Landing asks only for objects listed without
+        a checksum, which S3 listings always carry (their ETag), so the AWS path never calls it."""
+        keys = set(object_keys)
+        if not keys:
+            return []
+        filters, values = _scope_filters(layer, None)
+        records = self._pages("scan", ConsistentRead=True, FilterExpression=" AND ".join(filters),
+                              ExpressionAttributeValues=_to_attrs(values))
+        return sorted((item_from_record(r) for r in records if r["object_key"] in keys), key=sort_key)
+
     def claimable(
         self,
         layer: str,

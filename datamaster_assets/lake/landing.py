@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from datamaster_assets.contracts import table_names
@@ -28,6 +28,9 @@ _LANDING_STAMP = re.compile(r"^(\d{8}T\d{12})Z-")
 # Names that sort in landing order: ours and Firehose's (_LANDING_STAMP), and a producer's own
 # "<yyyymmdd>T<time>…" names; only these move the landing cursor (advances_cursor).
 _TIME_ORDERED_NAME = re.compile(r"^\d{8}T\d")
+# File modification times lag the clock (coarse kernel timestamps) or are rounded (2 s on FAT): a
+# file counts as unchanged since its registration only if it was last modified this much before.
+MTIME_SLACK = timedelta(seconds=2)
 
 
 def file_format_of(key: str) -> str:
@@ -87,13 +90,13 @@ def land_file(store: ObjectStore, table: str, path: Path, landed_at: datetime | 
     return store.put_file(key, path)
 
 
-def registration_for(settings: Settings, store: ObjectStore, info: ObjectInfo) -> Registration:
+def registration_for(settings: Settings, store: ObjectStore, info: ObjectInfo, checksum: str | None = None) -> Registration:
     fmt = file_format_of(info.key)
     try:
         table = table_of(info.key)
     except ValueError:
         table = "_unknown"
-    checksum = info.etag or store.sha256(info.key)
+    checksum = checksum or info.etag or store.sha256(info.key)
     estimated = estimate_records(fmt, info.size)
     return Registration(
         layer=Layer.BRONZE.value,
@@ -147,6 +150,20 @@ def advances_cursor(table: str, key: str) -> bool:
     return key.startswith(f"{RAW_PREFIX}{table}/") and "/" not in name and bool(_TIME_ORDERED_NAME.match(name))
 
 
+def checksums_of_registered(ledger: Ledger, infos: list[ObjectInfo]) -> dict[str, str]:
+    """Checksums, from the ledger, of listed objects that carry none (the local store lists no
+    ETag) and have not changed since they were registered: same size, last modified before the
+    registration. Every listing that reaches such files again (keys the cursor cannot pass, every
+    full reconcile, each `datamaster run`) then costs a ledger lookup instead of hashing them."""
+    unsigned = {info.key: info for info in infos if not info.etag}
+    known: dict[str, str] = {}
+    for item in ledger.items_for_keys(Layer.BRONZE.value, unsigned) if unsigned else []:
+        info = unsigned[item.object_key]
+        if item.file_size == info.size and info.last_modified < item.created_at - MTIME_SLACK:
+            known[item.object_key] = item.checksum
+    return known
+
+
 def register_new_objects(
     settings: Settings,
     store: ObjectStore,
@@ -181,7 +198,9 @@ def register_new_objects(
                 new_cursor.last_key[table] = page[-1].key
             elif stamped:
                 new_cursor.last_key[table] = max(stamped)
-    regs = [registration_for(settings, store, info) for info in infos if not is_folder_marker(info.key)]
+    infos = [info for info in infos if not is_folder_marker(info.key)]
+    known = checksums_of_registered(ledger, infos)
+    regs = [registration_for(settings, store, info, known.get(info.key)) for info in infos]
     results = ledger.register_many(regs)
     registered = [item for item, created in results if created]
     return LandingResult(registered, len(results) - len(registered), new_cursor, reconcile)

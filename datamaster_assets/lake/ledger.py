@@ -185,3 +185,7 @@ class Ledger(Protocol):
     def counts(self) -> dict[tuple[str, str, str], int]:
         """(layer, table_name, status) -> number of items."""
         ...
+
+    def items_for_keys(self, layer: str, object_keys: Iterable[str]) -> list[LedgerItem]:
+        """Every item of ``layer`` registered for one of ``object_keys`` (any status, any content)."""
+        ...

@@ -68,6 +68,9 @@ CREATE INDEX IF NOT EXISTS ledger_items_table ON ledger_items (layer, table_name
 CREATE INDEX IF NOT EXISTS ledger_items_object ON ledger_items (object_key);
 """
 
+KEYS_PER_QUERY = 500  # well under SQLite's limit on bound parameters
+
+
 class SqliteLedger:
     """``Ledger`` backed by one SQLite file, safe across threads and processes."""
 
@@ -189,6 +192,18 @@ class SqliteLedger:
             "SELECT layer, table_name, status, COUNT(*) AS n FROM ledger_items GROUP BY layer, table_name, status"
         )
         return {(r["layer"], r["table_name"], r["status"]): r["n"] for r in rows}
+
+    def items_for_keys(self, layer: str, object_keys: Iterable[str]) -> list[LedgerItem]:
+        keys = list(dict.fromkeys(object_keys))
+        found: list[LedgerItem] = []
+        for start in range(0, len(keys), KEYS_PER_QUERY):
+            part = keys[start : start + KEYS_PER_QUERY]
+            rows = self._conn.execute(  # the ledger_items_object index
+                f"SELECT * FROM ledger_items WHERE object_key IN ({', '.join('?' * len(part))}) AND layer = ?",
+                [*part, layer],
+            )
+            found.extend(item_from_record(dict(r)) for r in rows)
+        return found
 
     # ---- registration --------------------------------------------------------------------
     def register(self, reg: Registration, *, now: datetime | None = None) -> tuple[LedgerItem, bool]:

@@ -119,6 +119,17 @@ def test_same_key_with_new_content_is_a_new_item(ledger: Ledger) -> None:
     assert {i.checksum for i in ledger.items(table_name="review")} == {"c0", "c1"}
 
 
+def test_items_for_keys_finds_every_registration_of_those_keys_only(ledger: Ledger) -> None:
+    ledger.register(reg("a", checksum="c0"), now=T0)
+    ledger.register(reg("a", checksum="c1"), now=at(1))  # the same key, new content
+    ledger.register(reg("b"), now=at(2))
+    ledger.register(reg("a", layer="silver"), now=at(3))
+    found = ledger.items_for_keys("bronze", ["raw/review/a.json.gz", "raw/review/nope.json.gz"])
+    assert sorted((i.object_key, i.checksum, i.layer) for i in found) == [
+        ("raw/review/a.json.gz", "c0", "bronze"), ("raw/review/a.json.gz", "c1", "bronze")]
+    assert ledger.items_for_keys("bronze", []) == []
+
+
 def test_register_many_reports_created_per_registration(ledger: Ledger) -> None:
     ledger.register(reg("known"), now=T0)
     results = ledger.register_many([reg("x"), reg("known"), reg("y"), reg("x")], now=at(1))

@@ -100,6 +100,33 @@ def test_periodic_reconcile_catches_keys_that_sort_before_the_cursor(tmp_path):
     assert result.reconciled and [i.object_key for i in result.registered] == [early]
 
 
+def test_a_listing_hashes_only_files_changed_since_they_were_registered(tmp_path, monkeypatch):
+    # the local store lists no checksum; a full listing (every `datamaster run`, every reconcile)
+    # used to hash every raw file in the lake again
+    import os
+
+    settings = Settings(home=tmp_path / "home", landing_reconcile_every=1)
+    store = LocalObjectStore(settings.objects_dir)
+    ledger = SqliteLedger(settings.ledger_path)
+    keys = [_land(store, tmp_path, "review", f"r{i}.csv.gz", T0 + timedelta(seconds=i)) for i in range(3)]
+    assert len(register_new_objects(settings, store, ledger, LandingCursor()).registered) == 3
+    an_hour_ago = (datetime.now(timezone.utc) - timedelta(hours=1)).timestamp()
+    for key in keys:
+        os.utime(store.local_path(key), (an_hour_ago, an_hour_ago))  # landed well before registered
+    hashed: list[str] = []
+    sha256 = store.sha256
+    monkeypatch.setattr(store, "sha256", lambda key: hashed.append(key) or sha256(key))
+
+    again = register_new_objects(settings, store, ledger, LandingCursor())
+    assert again.reconciled and again.registered == [] and again.already_known == 3 and hashed == []
+
+    path = store.local_path(keys[1])
+    path.write_bytes(path.read_bytes()[::-1])  # replaced in place: same size, new content, new mtime
+    changed = register_new_objects(settings, store, ledger, LandingCursor())
+    assert hashed == [keys[1]]
+    assert [(i.object_key, i.checksum) for i in changed.registered] == [(keys[1], sha256(keys[1]))]
+
+
 def test_land_rejects_unknown_tables_and_formats(tmp_path):
     store = LocalObjectStore(tmp_path / "objects")
     src = tmp_path / "a.csv.gz"
