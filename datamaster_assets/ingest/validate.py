@@ -25,20 +25,18 @@ def _fmt(value: object) -> str:
 
 def check_rules(contract: Contract, table: pa.Table, ops: pa.Array | None) -> RuleFailures:
     """``table`` holds the contract columns in bronze types; ``ops`` the CDC operation per row
-    (None: every row is a full-row 'load'). A delete needs only the primary key."""
+    (None: every row is a full-row 'load'). A delete needs only the primary key: the rest of its
+    row is the before-image, which no rule applies to (a row loaded before a rule was tightened
+    must still be deletable)."""
     n = table.num_rows
     checks: list[tuple[str, pa.Array, str]] = []  # (field, failing mask, reason template)
-    is_delete = pc.equal(ops, "delete") if ops is not None else None
     if ops is not None:
         checks.append(("operation", pc.invert(pc.is_in(ops, pa.array(CDC_OPERATIONS))),
                        "operation {value!s} is not one of " + "|".join(CDC_OPERATIONS)))
     for col in contract.columns:
         values = table.column(col.name)
         if not col.nullable and values.null_count:
-            missing = pc.is_null(values)
-            if is_delete is not None and col.name not in contract.primary_key:
-                missing = pc.and_kleene(missing, pc.invert(is_delete))
-            checks.append((col.name, missing, "required value is missing"))
+            checks.append((col.name, pc.is_null(values), "required value is missing"))
         if col.min is not None or col.max is not None:
             # one pass for the common case where every value is in range
             low, high = pc.min_max(values).values()
@@ -57,10 +55,16 @@ def check_rules(contract: Contract, table: pa.Table, ops: pa.Array | None) -> Ru
             checks.append((col.name, pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, allowed))),
                            "{value} is not an allowed value"))
 
+    before_image = set(contract.column_names) - set(contract.primary_key)
+    not_delete = None
     bad = np.zeros(n, dtype=bool)
     masks = []
     for field_name, mask, template in checks:
         arr = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        if arr.any() and ops is not None and field_name in before_image:
+            if not_delete is None:
+                not_delete = pc.fill_null(pc.not_equal(ops, "delete"), True).to_numpy(zero_copy_only=False)
+            arr = arr & not_delete
         if arr.any():
             masks.append((field_name, arr, template))
             bad |= arr

@@ -213,6 +213,20 @@ def test_cdc_envelope_ops_control_lineage_and_masking(tmp_path, batch_rows):
     assert {r["line"]: r["field"] for r in rejects} == {6: "state", 7: "profile_id"}
 
 
+def test_a_delete_is_not_rejected_for_its_before_image(tmp_path):
+    # a row loaded before a rule was tightened must still be deletable: only the key is checked
+    lines = [
+        envelope("delete", {"profile_id": 3, "profile_name": "x", "state": "ZZ"}),
+        envelope("update", {"profile_id": 4, "profile_name": "y", "state": "ZZ"}),
+        envelope("delete", {"profile_id": 0, "state": "ZZ"}),  # the key itself is still checked
+    ]
+    outcome, table, rejects = run(tmp_path, gz("\n".join(lines) + "\n"), table="profile", fmt="json",
+                                  name=PROFILE_NAME)
+    assert (outcome.accepted, outcome.rejected) == (1, 2)
+    assert table.column("profile_id").to_pylist() == [3] and table.column("_op").to_pylist() == ["delete"]
+    assert {r["line"]: r["field"] for r in rejects} == {2: "state", 3: "profile_id"}
+
+
 def test_cdc_flattened_form_and_bad_lines(tmp_path):
     lines = [
         json.dumps({"review_id": 1, "brewery_id": 2, "beer_id": 3, "profile_id": 4, "review_overall": 4.5,
