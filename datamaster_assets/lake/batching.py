@@ -35,10 +35,11 @@ class Batch:
 
 def plan_batches(items: list[LedgerItem], *, max_files: int, max_bytes: int) -> list[Batch]:
     """Batches per table, oldest first, each at most ``max_files`` files and ``max_bytes`` bytes
-    (a single file larger than ``max_bytes`` forms a batch of its own)."""
+    (a single file larger than ``max_bytes`` forms a batch of its own). Files registered together
+    (one listing) go by key, which for landed files is landing order, not by their control ids."""
     if max_files < 1:
         raise ValueError("max_files must be at least 1")
-    ordered = sorted(items, key=lambda i: (i.table_name, i.created_at, i.control_id))
+    ordered = sorted(items, key=lambda i: (i.table_name, i.created_at, i.object_key, i.control_id))
     batches: list[Batch] = []
     for table, group in groupby(ordered, key=lambda i: i.table_name):
         current: list[LedgerItem] = []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def test_batches_are_bounded_per_table_and_keys_change_with_attempts():
     assert [b.run_key for b in again] == [b.run_key for b in batches]
     retried = plan_batches([_item("b0", "beer", 10, 0, attempts=1)], max_files=2, max_bytes=10_000)
     assert retried[0].run_key != batches[0].run_key
+
+    # registered by one listing (same created_at): landing order (the key), not control-id order
+    landed = [replace(_item(cid, "review", 100, 0), object_key=f"raw/review/20261101T00000{n}Z-x.csv.gz")
+              for n, cid in enumerate(["z9", "a1", "m5"])]
+    assert plan_batches(landed, max_files=1, max_bytes=10_000)[0].control_ids == ["z9"]
+    assert [b.control_ids for b in plan_batches(landed, max_files=3, max_bytes=10_000)] == [["z9", "a1", "m5"]]
 
 
 def _land(store, tmp_path: Path, table: str, name: str, when: datetime, body: bytes = b"x") -> str:
