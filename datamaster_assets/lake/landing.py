@@ -159,9 +159,15 @@ def checksums_of_registered(ledger: Ledger, infos: list[ObjectInfo]) -> dict[str
     known: dict[str, str] = {}
     for item in ledger.items_for_keys(Layer.BRONZE.value, unsigned) if unsigned else []:
         info = unsigned[item.object_key]
-        if item.file_size == info.size and info.last_modified < item.created_at - MTIME_SLACK:
+        if unchanged_since_registration(item, info.size, info.last_modified):
             known[item.object_key] = item.checksum
     return known
+
+
+def unchanged_since_registration(item: LedgerItem, size: int, last_modified: datetime) -> bool:
+    """Whether a local file of ``size`` bytes last modified at ``last_modified`` still holds the
+    content ``item`` registered, by size and modification time (MTIME_SLACK)."""
+    return item.file_size == size and last_modified < item.created_at - MTIME_SLACK
 
 
 def register_new_objects(

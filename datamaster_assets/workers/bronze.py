@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,13 +21,17 @@ from datamaster_assets.ingest.convert import BronzeOutcome, convert_to_bronze
 from datamaster_assets.ingest.errors import BadInputError
 from datamaster_assets.ingest.keys import bronze_key_for, rejects_key_for
 from datamaster_assets.lake.factory import Lake
-from datamaster_assets.lake.landing import landed_at_of
+from datamaster_assets.lake.landing import landed_at_of, unchanged_since_registration
 from datamaster_assets.lake.ledger import Layer, LeaseLost, LedgerItem, Registration, Status
 from datamaster_assets.lake.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 _clock = time.monotonic  # lease-renewal clock (a seam for tests)
 SCRATCH_PREFIX = "datamaster-bronze-"
+
+
+class RawObjectReplaced(RuntimeError):
+    """The raw file was replaced during its conversion (retried: what was read is not known)."""
 
 
 @dataclass
@@ -96,8 +101,8 @@ def _convert_item(
         contract = get_contract(item.table_name)
     except KeyError as exc:
         raise BadInputError(item.object_key, f"unknown table {item.table_name!r}") from exc
-    bronze_key = bronze_key_for(item.table_name, item.object_key, item.created_at)
-    rejects_key = rejects_key_for(item.table_name, item.object_key, item.created_at)
+    bronze_key = bronze_key_for(item.table_name, item.object_key, item.created_at, item.checksum)
+    rejects_key = rejects_key_for(item.table_name, item.object_key, item.created_at, item.checksum)
     parquet_out = workdir / "bronze.parquet"
     rejects_out = workdir / "rejects.jsonl.gz"
     options = dict(
@@ -117,10 +122,26 @@ def _convert_item(
     if local is not None:
         if not local.is_file():
             raise FileNotFoundError(f"{item.object_key}: raw object not found")
-        outcome = convert_to_bronze(local, **options)
+        before = local.stat()
+        modified = datetime.fromtimestamp(before.st_mtime, timezone.utc)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # hashing releases the GIL: it overlaps the conversion
+            hashing = (None if unchanged_since_registration(item, before.st_size, modified)
+                       else pool.submit(lake.raw.sha256, item.object_key))
+            outcome = convert_to_bronze(local, **options)
+            current = item.checksum if hashing is None else hashing.result()
+        after = local.stat()
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+            raise RawObjectReplaced(f"{item.object_key}: replaced while it was being converted; converting it again")
     else:
         with lake.raw.open_read(item.object_key) as stream:
             outcome = convert_to_bronze(stream, **options)
+        head = lake.raw.head(item.object_key)
+        current = head.etag if head is not None else "(deleted)"
+    if current != item.checksum:
+        # the key was overwritten after registration: the new content is a ledger item of its own
+        raise BadInputError(item.object_key, f"content changed after it was registered (registered checksum "
+                                             f"{item.checksum[:16]}, now {current[:16]}); the new content is "
+                                             "a ledger item of its own, the content registered here is gone")
     info = lake.store.put_file(bronze_key, parquet_out)
     published_rejects = None
     if outcome.rejects_written:

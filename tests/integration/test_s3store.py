@@ -215,3 +215,23 @@ def test_landing_sensor_advances_its_cursor_over_thousands_of_keys(s3, store, tm
     _put_many(s3, ["raw/review/20261130T000000-late.csv.gz"])
     result = register_new_objects(settings, store, ledger, cursor, tables=["review"])
     assert [i.object_key for i in result.registered] == ["raw/review/20261130T000000-late.csv.gz"]
+
+
+def test_the_bronze_worker_refuses_a_key_overwritten_after_registration(store, tmp_path):
+    from datetime import datetime, timezone
+
+    from datamaster_assets.lake.factory import Lake
+    from datamaster_assets.lake.ledger import Registration
+    from datamaster_assets.workers.bronze import process_bronze_item
+
+    header = b"review_id,brewery_id,beer_id,profile_id,review_overall,review_aroma,review_appearance,review_palate,review_taste,review_time\n"
+    settings = Settings(home=tmp_path / "home", pii_key="k")
+    lake = Lake(settings=settings, raw=store, store=store, ledger=SqliteLedger(settings.ledger_path))
+    key = "raw/review/20261122T040000000000Z-r.csv.gz"
+    first = store.put_bytes(key, gzip.compress(header + b"1,1,1,1,4,4,4,4,4,1200000000\n"))
+    item, _ = lake.ledger.register(Registration(layer="bronze", table_name="review", object_key=key,
+                                                checksum=first.etag, file_format="csv", file_size=first.size))
+    store.put_bytes(key, gzip.compress(header + b"2,2,2,2,4,4,4,4,4,1200000000\n"))  # re-sent before it ran
+    result = process_bronze_item(lake, item.control_id, owner="w", now=datetime.now(timezone.utc))
+    assert result.status == "quarantined" and "content changed after it was registered" in result.error_message
+    assert store.list_after("bronze/") == []

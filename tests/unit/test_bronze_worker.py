@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -62,8 +63,9 @@ def test_success_publishes_bronze_rejects_and_pending_silver_item(lake):
     result = process_bronze_item_now(lake, cid)
     assert result.status == "success"
     assert (result.records_read, result.accepted, result.rejected) == (10, 9, 1)
-    assert result.output_key == "bronze/review/year=2026/month=11/day=22/20261122T040000000000Z-r.csv.parquet"
-    assert result.rejects_key == "rejects/review/year=2026/month=11/day=22/20261122T040000000000Z-r.csv.jsonl.gz"
+    content = hashlib.sha256(lake.ledger.get(cid).checksum.encode()).hexdigest()[:8]
+    assert result.output_key == f"bronze/review/year=2026/month=11/day=22/20261122T040000000000Z-r.csv.{content}.parquet"
+    assert result.rejects_key == f"rejects/review/year=2026/month=11/day=22/20261122T040000000000Z-r.csv.{content}.jsonl.gz"
     table = pq.read_table(lake.store.local_path(result.output_key))
     assert table.num_rows == 9 and 4 not in table.column("review_id").to_pylist()
     rejected = [json.loads(x) for x in gzip.decompress(lake.store.read_bytes(result.rejects_key)).splitlines()]
@@ -188,3 +190,29 @@ def test_a_killed_workers_scratch_dir_is_removed_by_the_next_item(lake, tmp_path
     cid = land(lake, "review", "20261122T040000000000Z-r.csv.gz", csv_payload(3), "csv")
     assert process_bronze_item_now(lake, cid).status == "success"
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_a_raw_key_overwritten_before_its_item_ran_is_quarantined_not_converted_as_that_item(lake):
+    # the item stands for the content it registered; converting the new content under it would
+    # record the old content as done while its rows never reach silver
+    cid = land(lake, "review", "20261122T040000000000Z-r.csv.gz", csv_payload(3), "csv")
+    key = lake.ledger.get(cid).object_key
+    lake.raw.put_bytes(key, csv_payload(5))  # a producer re-sends the file under the same key
+    result = process_bronze_item_now(lake, cid)
+    assert result.status == "quarantined"
+    assert "content changed after it was registered" in result.error_message and key in result.error_message
+    assert list(lake.store.iter_all("bronze/")) == []  # nothing published for it
+
+
+def test_new_content_under_a_key_processed_the_same_day_gets_a_bronze_file_of_its_own(lake):
+    first = land(lake, "review", "20261122T040000000000Z-r.csv.gz", csv_payload(3), "csv")
+    one = process_bronze_item_now(lake, first)
+    key = lake.ledger.get(first).object_key
+    info = lake.raw.put_bytes(key, csv_payload(5))
+    second, created = lake.ledger.register(
+        Registration(layer="bronze", table_name="review", object_key=key, checksum=info.etag, file_format="csv",
+                     file_size=info.size), now=NOW - timedelta(minutes=1))
+    assert created
+    two = process_bronze_item_now(lake, second.control_id)
+    assert one.status == two.status == "success" and one.output_key != two.output_key
+    assert [pq.read_table(lake.store.local_path(k)).num_rows for k in (one.output_key, two.output_key)] == [3, 5]
