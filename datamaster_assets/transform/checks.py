@@ -66,6 +66,8 @@ def _rule_violations(column: pa.ChunkedArray, col: Column) -> pa.ChunkedArray:
         masks.append(pc.greater(column, pa.scalar(col.max, column.type)))
     if col.allowed is not None:
         masks.append(pc.invert(pc.is_in(column, value_set=pa.array(col.allowed, column.type))))
+    if pa.types.is_floating(column.type):
+        masks.append(pc.is_nan(column))  # NaN compares false with any bound: not "within" 0-5
     bad = masks[0]
     for m in masks[1:]:
         bad = pc.or_(bad, m)

@@ -83,6 +83,9 @@ def test_scores_outside_zero_to_five_are_reported():
     assert outcome.metadata["out_of_rule_review_time"] == 1
     assert outcome.metadata["violations"] == 3
     assert "review_overall (1, e.g. 5.5)" in outcome.description
+    # NaN compares false with both bounds, so it used to pass as "within 0-5"
+    nan = check_values_within_rules(silver_reviews(review(1, overall=float("nan")), review(2)), REVIEW)
+    assert not nan.passed and nan.metadata["out_of_rule_review_overall"] == 1
 
 
 def test_allowed_values_rule():
