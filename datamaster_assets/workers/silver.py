@@ -188,10 +188,6 @@ def apply_pending_silver(
     result = SilverApplyResult(table=table, identifier=identifier)
     ledger = lake.ledger
 
-    if ledger.claimable(Layer.SILVER.value, table_name=table, limit=1, now=now):
-        # A schema conflict is the contract's problem, not the files': met before any file is
-        # claimed, it spends no attempt, and the files merge once the contract is put right.
-        prepare_silver_table(lake.catalog, identifier, contract)
     claimed = _claim_pending(lake, table, owner, max_files, now)
 
     loaded: list[tuple[LedgerItem, pa.Table]] = []
@@ -254,9 +250,14 @@ def pending_change_rows(lake: Lake, table: str, *, now: datetime | None = None) 
 
 
 def _claim_pending(lake: Lake, table: str, owner: str, max_files: int | None, now: datetime | None) -> list[LedgerItem]:
+    """Claim the table's pending files, after the table's schema has followed the contract
+    (``prepare_silver_table``): a schema conflict is the contract's problem, not the files', so
+    met before any claim it spends no attempt, and the files merge once the contract is put right."""
     candidates = lake.ledger.claimable(
         Layer.SILVER.value, table_name=table, limit=max_files or DEFAULT_MAX_FILES, now=now
     )
+    if candidates:
+        prepare_silver_table(lake.catalog, table_identifier(lake.settings, "silver", table), get_contract(table))
     claimed = []
     for item in candidates:
         got = lake.ledger.claim(item.control_id, owner, lake.settings.lease_seconds, now=now)
@@ -293,8 +294,6 @@ def apply_pending_silver_remotely(
     manifest_key = f"_manifests/silver-{table}-{claimed[0].control_id}-{len(claimed)}.txt"
     lake.store.put_bytes(manifest_key, "".join(lake.store.uri(i.object_key) + "\n" for i in claimed).encode())
     try:
-        # The job's MERGE INTO needs the columns a contract change added: same schema step as in-process.
-        prepare_silver_table(lake.catalog, identifier, get_contract(table))
         with _leases_kept(lake, claimed, owner):  # a Spark job can outlast a lease
             reported = run_merge(lake.store.uri(manifest_key))
     except Exception as exc:
