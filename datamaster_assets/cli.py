@@ -20,10 +20,10 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _lake():
+def _lake(settings: Settings | None = None):
     from datamaster_assets.lake.factory import open_lake
 
-    return open_lake(_settings())
+    return open_lake(settings or _settings())
 
 
 def _existing_lake():
@@ -34,7 +34,7 @@ def _existing_lake():
         raise click.ClickException(
             f"no lake at {settings.home} (DATAMASTER_HOME): no ledger at {settings.ledger_path}. "
             "Check the path, or start one with `datamaster seed`, `datamaster land` or `datamaster demo`.")
-    return _lake()
+    return _lake(settings)
 
 
 def _aws_hint(exc: Exception) -> str:
